@@ -1,0 +1,12 @@
+//! pic-store: the service store manager of a Personal Internet Cell.
+//! `main.rs` is a shim over [`cli::run`]; see README.md, "Architecture".
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod files;
+pub mod host;
+pub mod ids;
+pub mod manifest;
+pub mod state;
+pub mod store;

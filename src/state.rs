@@ -1,0 +1,415 @@
+//! The state file (spec §4): its types, and the lock → load → commit cycle.
+//! `state.json` is only ever replaced whole (temporary file, fsync, rename,
+//! fsync of the folder), the previous generation kept as `state.json.bak`,
+//! and every read-modify-write holds an exclusive `flock` on `state.lock`.
+//! This is the only module that writes the state.
+
+use crate::error::{Error, Result};
+use crate::files;
+use crate::manifest::{Manifest, VerificationMode};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const SCHEMA: u32 = 1;
+
+/// How long a command-line mutator waits for the lock (spec §3).
+pub const CLI_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub schema: u32,
+    #[serde(default)]
+    pub services: BTreeMap<String, InstalledService>,
+    #[serde(default)]
+    pub connections: BTreeMap<String, Connection>,
+    /// Peer IPv4 address → connection id.
+    #[serde(default)]
+    pub peer_routes: BTreeMap<String, String>,
+    /// Service id → connection id its outbound traffic goes through.
+    #[serde(default)]
+    pub egress: BTreeMap<String, String>,
+    #[serde(default)]
+    pub settings: Settings,
+    #[serde(default)]
+    pub pending: Option<Pending>,
+    /// Top-level fields this version does not know are kept as they are.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            schema: SCHEMA,
+            services: BTreeMap::new(),
+            connections: BTreeMap::new(),
+            peer_routes: BTreeMap::new(),
+            egress: BTreeMap::new(),
+            settings: Settings::default(),
+            pending: None,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstalledService {
+    pub manifest: Manifest,
+    /// The service IP; none for instanceable services (their instances
+    /// have one each).
+    pub ip: Option<Ipv4Addr>,
+    pub installed_at: u64,
+    /// The repo digest of the pulled image, `sha256:...`.
+    pub image_digest: Option<String>,
+    /// The compose template, kept for instanceable services.
+    #[serde(default)]
+    pub template: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    pub service: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub fwmark: u32,
+    pub table: u32,
+    pub port: u16,
+    pub ip: Ipv4Addr,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    #[serde(default)]
+    pub image_verification_mode: VerificationMode,
+}
+
+/// An operation that changes the system, written before its first side
+/// effect and cleared with its final state write (spec §4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub op: PendingOp,
+    /// The service or connection id.
+    pub target: String,
+    pub started_at: u64,
+    pub pid: u32,
+    /// What the operation needs to be settled by someone else: the old
+    /// record of an update, the allocations of a create, ...
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PendingOp {
+    Install,
+    Remove,
+    Update,
+    ConnectionCreate,
+    ConnectionDelete,
+}
+
+/// The state folder and its files.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+/// The exclusive lock on `state.lock`; released when dropped.
+pub struct StateLock {
+    store: StateStore,
+    _flock: Flock<File>,
+}
+
+impl StateStore {
+    pub fn new(dir: &Path) -> StateStore {
+        StateStore {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn backup(&self) -> PathBuf {
+        self.dir.join("state.json.bak")
+    }
+    fn lock_path(&self) -> PathBuf {
+        self.dir.join("state.lock")
+    }
+
+    /// Takes the exclusive lock, waiting up to `wait`. Logs once when it
+    /// has to wait; past `wait` it is [`Error::Busy`].
+    pub fn lock(&self, wait: Duration) -> Result<StateLock> {
+        files::create_dir_all(&self.dir)?;
+        let path = self.lock_path();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io("open lock", &path, e))?;
+        let deadline = Instant::now() + wait;
+        let mut told = false;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(flock) => {
+                    return Ok(StateLock {
+                        store: self.clone(),
+                        _flock: flock,
+                    })
+                }
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) | Err((f, nix::errno::Errno::EINTR)) => {
+                    file = f;
+                }
+                Err((_, e)) => {
+                    return Err(Error::io("lock", &path, std::io::Error::from(e)));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Busy(format!(
+                    "busy: another pic-store operation holds {} (waited {} s)",
+                    path.display(),
+                    wait.as_secs()
+                )));
+            }
+            if !told {
+                log::info!("waiting for lock on {}", path.display());
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Reads the state without the lock, for read-only commands: the file
+    /// is only ever replaced whole, so a reader sees one generation.
+    /// An unreadable file is [`Error::StateUnreadable`], never an empty state.
+    pub fn read(&self) -> Result<State> {
+        let path = self.file();
+        match files::read_optional(&path)? {
+            Some(bytes) => parse(&path, &bytes),
+            None => {
+                if self.backup().exists() {
+                    return Err(Error::StateUnreadable {
+                        path,
+                        reason: "it is missing but state.json.bak exists; \
+                                 run `pic-store reapply` to restore it"
+                            .into(),
+                    });
+                }
+                Ok(State::default())
+            }
+        }
+    }
+}
+
+impl StateLock {
+    /// Loads the state; an unreadable file is an error (exit 2).
+    pub fn load(&self) -> Result<State> {
+        self.store.read()
+    }
+
+    /// Loads the state for `reapply`: when `state.json` is unreadable and
+    /// `state.json.bak` parses, the bad file is moved aside as
+    /// `state.json.corrupt-<unix time>` and the backup restored. Returns
+    /// the state and, when it recovered, a sentence saying what it did.
+    pub fn load_or_recover(&self) -> Result<(State, Option<String>)> {
+        let first_err = match self.store.read() {
+            Ok(s) => return Ok((s, None)),
+            Err(e @ Error::StateUnreadable { .. }) => e,
+            Err(e) => return Err(e),
+        };
+        let file = self.store.file();
+        let bak = self.store.backup();
+        let bak_bytes = match files::read_optional(&bak)? {
+            Some(b) => b,
+            None => return Err(first_err),
+        };
+        let state = match parse(&bak, &bak_bytes) {
+            Ok(s) => s,
+            Err(_) => {
+                return Err(Error::StateUnreadable {
+                    path: file,
+                    reason: format!("{first_err}; and {} is unreadable too", bak.display()),
+                })
+            }
+        };
+        let mut moved = String::new();
+        if file.exists() {
+            let aside = self
+                .store
+                .dir
+                .join(format!("state.json.corrupt-{}", files::now_unix()));
+            files::rename(&file, &aside)?;
+            moved = format!(" (the unreadable file is kept as {})", aside.display());
+        }
+        files::write_atomic(&file, &bak_bytes, 0o600)?;
+        let msg = format!("{first_err}; restored it from {}{moved}", bak.display());
+        log::warn!("{msg}");
+        Ok((state, Some(msg)))
+    }
+
+    /// Replaces the state with `state`. The old file becomes
+    /// `state.json.bak` first, by a hard link, so at every instant
+    /// `state.json` holds one whole generation and at most one temporary
+    /// file exists. A failure leaves the old `state.json` in place.
+    pub fn commit(&self, state: &State) -> Result<()> {
+        let file = self.store.file();
+        let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| {
+            Error::io(
+                "serialise",
+                &file,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
+        bytes.push(b'\n');
+        if file.exists() {
+            let bak = self.store.backup();
+            let bak_tmp = files::temp_path(&bak);
+            files::remove_file_if_exists(&bak_tmp)?;
+            std::fs::hard_link(&file, &bak_tmp)
+                .map_err(|e| Error::io("link backup", &bak_tmp, e))?;
+            files::rename(&bak_tmp, &bak)?;
+        }
+        files::write_atomic(&file, &bytes, 0o600)
+    }
+
+    /// Loads, applies `change`, and commits when it returns `Ok`.
+    pub fn update<T>(&self, change: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let mut state = self.load()?;
+        let out = change(&mut state)?;
+        self.commit(&state)?;
+        Ok(out)
+    }
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<State> {
+    let unreadable = |reason: String| Error::StateUnreadable {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| unreadable(format!("not JSON: {e}")))?;
+    match value.get("schema").and_then(|s| s.as_u64()) {
+        Some(n) if n == u64::from(SCHEMA) => {}
+        Some(n) => {
+            return Err(unreadable(format!(
+                "schema {n} is not supported by this version (it reads schema {SCHEMA})"
+            )))
+        }
+        None => return Err(unreadable("no \"schema\" field".into())),
+    }
+    serde_json::from_value(value).map_err(|e| unreadable(format!("malformed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(name: &str) -> StateStore {
+        let d = std::env::temp_dir().join(format!("pic-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        StateStore::new(&d)
+    }
+
+    #[test]
+    fn missing_file_is_an_empty_state() {
+        let s = store("missing");
+        assert_eq!(s.read().unwrap(), State::default());
+    }
+
+    #[test]
+    fn commit_keeps_previous_generation_as_backup() {
+        let s = store("bak");
+        let lock = s.lock(Duration::from_secs(1)).unwrap();
+        let mut st = State::default();
+        lock.commit(&st).unwrap();
+        st.settings.image_verification_mode = VerificationMode::Enforce;
+        lock.commit(&st).unwrap();
+        assert_eq!(lock.load().unwrap(), st);
+        let bak: State = serde_json::from_slice(&std::fs::read(s.backup()).unwrap()).unwrap();
+        assert_eq!(bak.settings.image_verification_mode, VerificationMode::Warn);
+        let _ = std::fs::remove_dir_all(s.dir());
+    }
+
+    #[test]
+    fn unknown_fields_survive_a_round_trip() {
+        let s = store("extra");
+        std::fs::create_dir_all(s.dir()).unwrap();
+        std::fs::write(s.file(), r#"{"schema":1,"future":{"a":1}}"#).unwrap();
+        let lock = s.lock(Duration::from_secs(1)).unwrap();
+        lock.update(|_| Ok(())).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.file()).unwrap()).unwrap();
+        assert_eq!(v["future"]["a"], 1);
+        let _ = std::fs::remove_dir_all(s.dir());
+    }
+
+    #[test]
+    fn wrong_schema_and_garbage_are_unreadable() {
+        let s = store("garbage");
+        std::fs::create_dir_all(s.dir()).unwrap();
+        for text in [
+            "{",
+            r#"{"schema":2}"#,
+            r#"{"services":{}}"#,
+            r#"{"schema":1,"services":7}"#,
+        ] {
+            std::fs::write(s.file(), text).unwrap();
+            assert!(
+                matches!(s.read(), Err(Error::StateUnreadable { .. })),
+                "{text}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(s.dir());
+    }
+
+    #[test]
+    fn recovery_uses_the_backup_and_keeps_the_bad_file() {
+        let s = store("recover");
+        let lock = s.lock(Duration::from_secs(1)).unwrap();
+        let mut st = State::default();
+        st.settings.image_verification_mode = VerificationMode::Off;
+        lock.commit(&st).unwrap();
+        lock.commit(&st).unwrap();
+        std::fs::write(s.file(), "garbage").unwrap();
+        let (got, msg) = lock.load_or_recover().unwrap();
+        assert_eq!(got, st);
+        assert!(msg.unwrap().contains("restored"));
+        assert_eq!(lock.load().unwrap(), st);
+        let corrupt: Vec<_> = std::fs::read_dir(s.dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("state.json.corrupt-")
+            })
+            .collect();
+        assert_eq!(corrupt.len(), 1);
+        assert_eq!(std::fs::read(corrupt[0].path()).unwrap(), b"garbage");
+        let _ = std::fs::remove_dir_all(s.dir());
+    }
+
+    #[test]
+    fn second_locker_waits_then_is_busy() {
+        let s = store("busy");
+        let _held = s.lock(Duration::from_secs(1)).unwrap();
+        let start = Instant::now();
+        let r = s.lock(Duration::from_millis(200));
+        assert!(matches!(r, Err(Error::Busy(_))));
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        let _ = std::fs::remove_dir_all(s.dir());
+    }
+}
