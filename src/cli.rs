@@ -61,20 +61,80 @@ fn start_logger(config: &Config) {
         .init();
 }
 
+/// The words after a command: flags it knows, and positional arguments.
+struct Words<'a> {
+    positional: Vec<&'a str>,
+    flags: Vec<&'a str>,
+}
+
+impl<'a> Words<'a> {
+    /// Splits `rest` into `--flags` (only those in `known`) and positionals.
+    fn parse(cmd: &str, rest: &[&'a str], known: &[&str]) -> Result<Words<'a>> {
+        let mut w = Words {
+            positional: Vec::new(),
+            flags: Vec::new(),
+        };
+        for word in rest {
+            if word.starts_with("--") {
+                if !known.contains(word) {
+                    return Err(Error::Usage(format!("{cmd}: unknown option {word}")));
+                }
+                w.flags.push(word);
+            } else {
+                w.positional.push(word);
+            }
+        }
+        Ok(w)
+    }
+
+    fn has(&self, flag: &str) -> bool {
+        self.flags.contains(&flag)
+    }
+
+    /// Exactly `n` positionals, else a usage error naming them.
+    fn exactly(&self, cmd: &str, names: &[&str]) -> Result<()> {
+        if self.positional.len() != names.len() {
+            return Err(Error::Usage(format!(
+                "{cmd} takes {}",
+                if names.is_empty() {
+                    "no arguments".to_string()
+                } else {
+                    names.join(" ")
+                }
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn dispatch(config: &Config, cmd: &str, rest: &[&str]) -> Result<i32> {
-    match (cmd, rest) {
-        ("config", []) => {
+    match cmd {
+        "config" => {
+            Words::parse(cmd, rest, &[])?.exactly(cmd, &[])?;
             for (name, value) in config.describe() {
                 println!("{name}={value}");
             }
             Ok(0)
         }
-        ("token", []) => Err(not_yet("token")),
-        (
-            "serve" | "reapply" | "list" | "install" | "update" | "remove" | "connection" | "peer"
-            | "egress" | "validate" | "status" | "config" | "token",
-            _,
-        ) => Err(not_yet(cmd)),
+        "token" => {
+            Words::parse(cmd, rest, &[])?.exactly(cmd, &[])?;
+            let token = crate::token::load_or_create(&config.state_dir)?;
+            println!("{token}");
+            eprintln!(
+                "admin page login: http://{}/login?token={token}",
+                config.listen
+            );
+            Ok(0)
+        }
+        "validate" => {
+            let w = Words::parse(cmd, rest, &[])?;
+            if w.positional.is_empty() {
+                return Err(Error::Usage("validate takes one or more PATHs".into()));
+            }
+            crate::validate::run(config, &w.positional)
+        }
+        "serve" | "reapply" | "list" | "install" | "update" | "remove" | "connection" | "peer"
+        | "egress" | "status" => Err(not_yet(cmd)),
         _ => Err(Error::Usage(format!("unknown command {cmd:?}"))),
     }
 }

@@ -10,3 +10,5 @@ pub mod ids;
 pub mod manifest;
 pub mod state;
 pub mod store;
+pub mod token;
+pub mod validate;

@@ -115,6 +115,27 @@ pub enum PendingOp {
     ConnectionDelete,
 }
 
+impl State {
+    /// The names the other installed services hold, for the validator's
+    /// uniqueness rules (spec §6 rules 3 and 6).
+    pub fn taken_names(&self, except: &str) -> Vec<crate::manifest::Taken> {
+        self.services
+            .iter()
+            .filter(|(id, _)| id.as_str() != except)
+            .map(|(id, s)| crate::manifest::Taken {
+                id: id.clone(),
+                container_name: s.manifest.container_name.clone(),
+                subdomains: s
+                    .manifest
+                    .routes
+                    .iter()
+                    .map(|(sub, _)| sub.clone())
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
 /// The state folder and its files.
 #[derive(Debug, Clone)]
 pub struct StateStore {
