@@ -157,6 +157,9 @@ impl Host for RealHost {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Never a caller's folder: docker compose would look there for a
+            // compose file and a .env.
+            .current_dir("/")
             // Its own process group, so a timeout kills its children too.
             .process_group(0);
         match &cmd.env {
@@ -238,12 +241,9 @@ impl Host for RealHost {
                 let _ = child.wait();
                 break None;
             }
-            match line_rx.recv_timeout(Duration::from_millis(20)) {
-                Ok(line) => {
-                    collect_line(&mut stderr, &line);
-                    progress(&line);
-                }
-                Err(_) => {}
+            if let Ok(line) = line_rx.recv_timeout(Duration::from_millis(20)) {
+                collect_line(&mut stderr, &line);
+                progress(&line);
             }
         };
         if let Some(t) = stdin_thread {

@@ -170,6 +170,17 @@ impl StoreClient {
             .map_err(|e| store_error(&url, format!("the template is not UTF-8 text: {e}")))
     }
 
+    /// The index this client, or an earlier process, last had, without
+    /// asking the store (for `status`, which must answer offline at once).
+    pub fn cached_index(&self) -> Option<Index> {
+        let memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(remembered) = memory.as_ref() {
+            return Some(remembered.known.index.clone());
+        }
+        drop(memory);
+        self.read_disk_cache().map(|known| known.index)
+    }
+
     pub fn manifest_url(&self, id: &ServiceId) -> String {
         format!("{}/services/{id}/manifest.json", self.base_url)
     }
