@@ -1306,6 +1306,10 @@ fn forbidden_ipv4(ip: [u8; 4]) -> Option<String> {
         [127, ..] => Some(format!("points at {shown}, a loopback address")),
         [0, ..] => Some(format!("points at {shown}, which means this host")),
         [169, 254, ..] => Some(format!("points at {shown}, a link-local address")),
+        // The cell network's gateway is the host itself.
+        [172, 20, 0, 1] => Some(format!(
+            "points at {shown}, the cell network's gateway (the host)"
+        )),
         _ => None,
     }
 }
@@ -1875,6 +1879,8 @@ mod tests {
         ("backend 0", Svc, r#"{"backend": "0:80"}"#, Err("not a plain dotted quad")),
         ("backend 0.0.0.0", Svc, r#"{"backend": "0.0.0.0:1"}"#, Err("points at 0.0.0.0")),
         ("backend link-local", Svc, r#"{"backend": "169.254.1.1:80"}"#, Err("points at 169.254.1.1, a link-local address")),
+        ("backend cell gateway", Svc, r#"{"backend": "172.20.0.1:80"}"#, Err("the cell network's gateway")),
+        ("backend another service ip", Svc, r#"{"backend": "172.20.0.30:80"}"#, Ok),
         ("backend docker host", Svc, r#"{"backend": "host.docker.internal:80"}"#, Err("points at the docker host")),
         ("backend docker host upper", Svc, r#"{"backend": "Host.Docker.Internal:80"}"#, Err("points at the docker host")),
         ("backend core", Svc, r#"{"backend": "cell-api:80"}"#, Err("points at \"cell-api\", a core container")),
