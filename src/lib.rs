@@ -8,6 +8,7 @@ pub mod files;
 pub mod host;
 pub mod ids;
 pub mod manifest;
+pub mod net;
 pub mod state;
 pub mod store;
 pub mod token;
