@@ -1186,6 +1186,31 @@ fn normalize_path_lexical(p: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// Every bind source of a checked document, as written. The check is
+/// lexical: a symlink that a container later plants inside its own data
+/// dir would be followed by docker at the next `up`, so the step that
+/// brings a project up should create these folders itself and refuse any
+/// that is (or passes through) a symlink below the data dir.
+pub fn bind_sources(doc: &Value) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Some(services) = doc.get("services").and_then(Value::as_object) else {
+        return out;
+    };
+    for svc in services.values() {
+        let Some(vols) = svc.get("volumes") else {
+            continue;
+        };
+        for v in items(vols) {
+            if v.get("type").and_then(Value::as_str) == Some("bind") {
+                if let Some(src) = v.get("source").and_then(Value::as_str) {
+                    out.push(PathBuf::from(src));
+                }
+            }
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------
 // The cell-network attachment
 // ---------------------------------------------------------------------------
@@ -2084,6 +2109,15 @@ mod tests {
             "172.20.0.30"
         );
         assert_eq!(f["networks"]["cell-network"]["external"], true);
+    }
+
+    #[test]
+    fn bind_sources_are_listed() {
+        let d = doc_with(json!({"volumes": [
+            {"type": "bind", "source": "/srv/media", "target": "/m"},
+            {"type": "volume", "source": "v", "target": "/v"},
+        ]}));
+        assert_eq!(bind_sources(&d), [PathBuf::from("/srv/media")]);
     }
 
     #[test]
