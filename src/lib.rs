@@ -2,6 +2,7 @@
 //! `main.rs` is a shim over [`cli::run`]; see README.md, "Architecture".
 
 pub mod cli;
+pub mod compose;
 pub mod config;
 pub mod error;
 pub mod files;

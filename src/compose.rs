@@ -1,0 +1,2153 @@
+//! Compose rendering and checking (spec §7): a store template becomes a
+//! compose file pic-store is willing to bring up.
+//!
+//! The pipeline is [`render`] (textual `${NAME}` substitution, any other `$`
+//! refused) → [`textual_refusals`] (keys that make compose read host files)
+//! → [`convert`] (`docker compose config`, the only YAML parser involved)
+//! → [`check`] (the allow-list, every problem listed) → [`finalize`] (the
+//! cell-network attachment is pic-store's, whatever the template said).
+//! [`prepare`] runs the whole chain; [`write_checked`] stores the result
+//! where every later compose call ([`compose_cmd`]) reads it.
+//!
+//! Everything here is pure except [`convert`] (one `docker compose config`
+//! through [`Host`]) and [`write_checked`]. Unit tests are at the bottom;
+//! `tests/compose_check.rs` runs the real compose over `tests/compose_corpus/`.
+
+use crate::config::Config;
+use crate::error::{stderr_tail, Error, Result};
+use crate::files;
+use crate::host::{Cmd, Env, Host, SAFE_PATH};
+use crate::ids::truncate;
+use crate::manifest::{Kind, Manifest};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Templates larger than this are refused before anything else happens.
+pub const MAX_TEMPLATE: usize = 256 * 1024;
+
+/// `HOME` of every compose call: `~` in a template must not reach the
+/// caller's home, and docker must not pick up its `config.json` either.
+pub const COMPOSE_HOME: &str = "/nonexistent";
+
+/// How long `docker compose config` may take.
+const CONVERT_TIMEOUT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------
+// Placeholder values
+// ---------------------------------------------------------------------------
+
+/// The values a template's `${NAME}` placeholders are replaced with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vars {
+    values: BTreeMap<String, String>,
+    container_name: String,
+    data_dir: PathBuf,
+}
+
+/// The data folder of a service, `<state_dir>/data/<id>`, or of one of its
+/// connection instances, `<state_dir>/data/<id>/<instance>`.
+pub fn data_dir(config: &Config, service_id: &str, instance: Option<&str>) -> PathBuf {
+    let dir = config.data_root().join(service_id);
+    match instance {
+        Some(i) => dir.join(i),
+        None => dir,
+    }
+}
+
+/// `pic-<id>` for a service, `pic-<id>-<instance>` for a connection instance.
+pub fn project_name(service_id: &str, instance: Option<&str>) -> String {
+    match instance {
+        Some(i) => format!("pic-{service_id}-{i}"),
+        None => format!("pic-{service_id}"),
+    }
+}
+
+impl Vars {
+    /// The values for an installed service. `DATA_DIR` is
+    /// `<state_dir>/data/<id>`.
+    pub fn for_service(manifest: &Manifest, ip: Ipv4Addr, config: &Config) -> Vars {
+        let data_dir = data_dir(config, manifest.id.as_str(), None);
+        let mut values: BTreeMap<String, String> = manifest
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect();
+        // The built-in names win over a manifest env var of the same name.
+        let builtins = [
+            ("SERVICE_ID", manifest.id.to_string()),
+            ("SERVICE_IP", ip.to_string()),
+            ("CONTAINER_NAME", manifest.container_name.clone()),
+            ("IMAGE", manifest.image.clone()),
+            ("DATA_DIR", data_dir.display().to_string()),
+            ("NETWORK", config.network.clone()),
+            ("CELL_DOMAIN", config.cell_domain.clone()),
+        ];
+        for (k, v) in builtins {
+            values.insert(k.to_string(), v);
+        }
+        Vars {
+            values,
+            container_name: manifest.container_name.clone(),
+            data_dir,
+        }
+    }
+
+    /// The values for one connection instance. `CONTAINER_NAME` is
+    /// `<container_name>-<instance_id>` and `DATA_DIR` is
+    /// `<state_dir>/data/<id>/<instance_id>`, so instances never share a
+    /// folder. `env_overrides` replace the manifest's env values; the caller
+    /// has checked them (names the manifest declares, values of §6 rule 8),
+    /// and names the manifest does not declare are ignored.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_instance(
+        manifest: &Manifest,
+        instance_id: &str,
+        ip: Ipv4Addr,
+        redirect_port: u16,
+        fwmark: u32,
+        table: u32,
+        env_overrides: &BTreeMap<String, String>,
+        config: &Config,
+    ) -> Vars {
+        let mut vars = Vars::for_service(manifest, ip, config);
+        for e in &manifest.env {
+            if let Some(v) = env_overrides.get(&e.name) {
+                if !is_builtin(&e.name) {
+                    vars.values.insert(e.name.clone(), v.clone());
+                }
+            }
+        }
+        let container_name = format!("{}-{instance_id}", manifest.container_name);
+        let data_dir = data_dir(config, manifest.id.as_str(), Some(instance_id));
+        let instance_values = [
+            ("CONTAINER_NAME", container_name.clone()),
+            ("DATA_DIR", data_dir.display().to_string()),
+            ("INSTANCE_ID", instance_id.to_string()),
+            ("REDIRECT_PORT", redirect_port.to_string()),
+            ("FWMARK", format!("{fwmark:#x}")),
+            ("ROUTE_TABLE", table.to_string()),
+        ];
+        for (k, v) in instance_values {
+            vars.values.insert(k.to_string(), v);
+        }
+        vars.container_name = container_name;
+        vars.data_dir = data_dir;
+        vars
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    /// The main container's name (`CONTAINER_NAME`).
+    pub fn container_name(&self) -> &str {
+        &self.container_name
+    }
+
+    /// The data folder (`DATA_DIR`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+fn is_builtin(name: &str) -> bool {
+    matches!(
+        name,
+        "SERVICE_ID"
+            | "SERVICE_IP"
+            | "CONTAINER_NAME"
+            | "IMAGE"
+            | "DATA_DIR"
+            | "NETWORK"
+            | "CELL_DOMAIN"
+            | "INSTANCE_ID"
+            | "REDIRECT_PORT"
+            | "FWMARK"
+            | "ROUTE_TABLE"
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Rendering
+// ---------------------------------------------------------------------------
+
+/// Replaces every `${NAME}` placeholder with its value, comments included.
+/// `$$` (compose's escape for a literal `$`) is kept as `$$`. Every other
+/// `$` — bare `$VAR`, `${VAR:-default}`, an unknown `${VAR}`, a lone `$` —
+/// is an error naming its line: compose would fill it from the host.
+pub fn render(template: &str, vars: &Vars) -> Result<String> {
+    let what = "compose template";
+    if template.len() > MAX_TEMPLATE {
+        return Err(Error::invalid(
+            what,
+            vec![format!(
+                "is {} bytes, more than the limit of {} KiB",
+                template.len(),
+                MAX_TEMPLATE / 1024
+            )],
+        ));
+    }
+    let mut errors = Vec::new();
+    if template.contains('\0') {
+        errors.push("contains a NUL character".to_string());
+    }
+    let mut out = String::with_capacity(template.len() + 256);
+    for (n, line) in template.split_inclusive('\n').enumerate() {
+        render_line(line, n + 1, vars, &mut out, &mut errors);
+    }
+    if errors.is_empty() {
+        // Values never hold `$` (checked above), so this only guards the
+        // guard: nothing but `$$` may reach compose.
+        errors.extend(leftover_dollars(&out));
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(Error::invalid(what, errors))
+    }
+}
+
+fn render_line(line: &str, n: usize, vars: &Vars, out: &mut String, errors: &mut Vec<String>) {
+    let mut rest = line;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push_str("$$");
+            rest = tail;
+            continue;
+        }
+        if let Some(body) = after.strip_prefix('{') {
+            let Some(end) = body.find('}') else {
+                errors.push(format!(
+                    "line {n}: {:?} has no closing }}",
+                    truncate(rest[pos..].trim_end(), 40)
+                ));
+                out.push_str(&rest[pos..]);
+                rest = "";
+                continue;
+            };
+            let name = &body[..end];
+            let whole = &rest[pos..pos + end + 3];
+            if !is_var_name(name) {
+                errors.push(format!(
+                    "line {n}: {}: only plain ${{NAME}} placeholders are allowed, \
+                     without defaults or modifiers (write $$ for a literal $)",
+                    truncate(whole, 60)
+                ));
+                out.push_str(whole);
+            } else {
+                match vars.get(name) {
+                    Some(v) => match unsafe_value(v) {
+                        None => out.push_str(v),
+                        Some(why) => {
+                            errors.push(format!("line {n}: the value of ${{{name}}} {why}"));
+                            out.push_str(whole);
+                        }
+                    },
+                    None => {
+                        errors.push(format!(
+                            "line {n}: {} is not a placeholder pic-store fills",
+                            truncate(whole, 60)
+                        ));
+                        out.push_str(whole);
+                    }
+                }
+            }
+            rest = &body[end + 1..];
+            continue;
+        }
+        errors.push(dollar_error(n, after));
+        out.push('$');
+        rest = after;
+    }
+    out.push_str(rest);
+}
+
+fn dollar_error(n: usize, after: &str) -> String {
+    let word: String = after
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(40)
+        .collect();
+    if word.is_empty() {
+        format!("line {n}: a lone $ (write $$ for a literal $)")
+    } else {
+        format!(
+            "line {n}: ${word}: a bare variable would be read from the host \
+             (write ${{NAME}} for a placeholder, $$ for a literal $)"
+        )
+    }
+}
+
+/// Every `$` of `text` that is not half of a `$$` escape, by line.
+fn leftover_dollars(text: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(pos) = rest.find('$') {
+            let after = &rest[pos + 1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                rest = tail;
+            } else {
+                errors.push(dollar_error(n + 1, after));
+                rest = after;
+            }
+        }
+    }
+    errors
+}
+
+fn is_var_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Why a placeholder value could change the YAML around it, if it could.
+/// Every legitimate value (ids, addresses, image references, paths, env
+/// values of §6 rule 8) passes.
+fn unsafe_value(v: &str) -> Option<&'static str> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "._@:/+-= ~".contains(c);
+    if v.chars().all(ok) {
+        None
+    } else {
+        Some("holds a character that is not allowed in a template value")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Textual refusals
+// ---------------------------------------------------------------------------
+
+/// Problems found by reading the rendered text itself, before compose sees
+/// it: the keys `include`, `extends`, `env_file` and `label_file` make
+/// compose read host files at `config` time whatever flags it is given, so
+/// any spelling of them that YAML allows is refused. Deliberately
+/// conservative: the word followed by an optional quote and `:` anywhere,
+/// an alias or an explicit `?` used as a key, escapes that can spell a key
+/// (`\x`, `\u`, `\U`), `!!`/verbatim tags and `%` directives all count.
+pub fn textual_refusals(rendered: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let checks: [(&str, &str); 7] = [
+        (
+            r#"(?i)\b(include|extends|env_file|label_file)\b["']?[ \t]*:"#,
+            "key",
+        ),
+        (
+            r#"(^|[\s{,\[])\*[^\s,\[\]{}:]+[ \t]*:([ \t]|$|[,\]}])"#,
+            "alias",
+        ),
+        (r#"(^|[\s{,\[])\?([ \t]|$)"#, "explicit"),
+        (r#"\\[xuU]"#, "escape"),
+        (r#"!!|!<"#, "tag"),
+        (r#"^%"#, "directive"),
+        ("[\u{017f}\u{212a}]", "fold"),
+    ];
+    let compiled: Vec<(regex_lite::Regex, &str)> = checks
+        .iter()
+        .filter_map(|(p, kind)| regex_lite::Regex::new(p).ok().map(|re| (re, *kind)))
+        .collect();
+    if compiled.len() != checks.len() {
+        // A pattern that does not compile is a bug; refuse rather than pass.
+        return vec!["the textual check is broken; nothing is accepted".into()];
+    }
+    for (n, line) in rendered.lines().enumerate() {
+        let n = n + 1;
+        for (re, kind) in &compiled {
+            let Some(m) = re.find(line) else { continue };
+            let found = truncate(m.as_str().trim(), 40);
+            out.push(match *kind {
+                "key" => format!(
+                    "line {n}: {found:?}: the keys include, extends, env_file and label_file \
+                     are not allowed (compose would read files of the host)"
+                ),
+                "alias" => format!("line {n}: {found:?}: an alias may not be used as a key"),
+                "explicit" => format!("line {n}: explicit \"? \" keys are not allowed"),
+                "escape" => format!(
+                    "line {n}: {found:?}: \\x, \\u and \\U escapes are not allowed \
+                     (they can spell a refused key)"
+                ),
+                "tag" => format!(
+                    "line {n}: {found:?}: YAML tags other than !reset/!override are not allowed"
+                ),
+                "directive" => format!("line {n}: YAML directives (%) are not allowed"),
+                _ => format!(
+                    "line {n}: holds a character that case-folds to a letter of a refused key"
+                ),
+            });
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Running compose
+// ---------------------------------------------------------------------------
+
+/// A compose project: its name (`-p`) and its file (`-f`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub name: String,
+    pub file: PathBuf,
+}
+
+/// `docker compose -p NAME -f FILE --env-file /dev/null` in the environment
+/// of spec §7.2: a fixed `PATH`, `HOME` that leads nowhere, remote
+/// `include`s switched off, no other `COMPOSE_*` and no `DOCKER_HOST` (the
+/// default socket). Every compose call (config, pull, up, down, ps) starts
+/// from this; add the subcommand and its flags.
+pub fn compose_cmd(config: &Config, project: &Project) -> Cmd {
+    Cmd::new(&config.docker)
+        .args(["compose", "-p", &project.name, "-f"])
+        .arg(project.file.display().to_string())
+        .args(["--env-file", "/dev/null"])
+        .env(Env::Only(vec![
+            ("PATH".into(), SAFE_PATH.into()),
+            ("HOME".into(), COMPOSE_HOME.into()),
+            ("COMPOSE_EXPERIMENTAL_GIT_REMOTE".into(), "false".into()),
+            ("COMPOSE_EXPERIMENTAL_OCI_REMOTE".into(), "false".into()),
+        ]))
+}
+
+/// Has compose parse `rendered` and return the resulting project as JSON,
+/// with nothing taken from the host: no interpolation, no env files, no
+/// path resolution, every profile. The text is written to a file in
+/// `work_dir` (a folder that never holds a `.env`) and removed afterwards.
+pub fn convert(
+    host: &dyn Host,
+    config: &Config,
+    project_name: &str,
+    rendered: &str,
+    work_dir: &Path,
+) -> Result<Value> {
+    if !is_project_name(project_name) {
+        return Err(Error::invalid(
+            "compose project",
+            vec![format!("{project_name:?} is not a project name")],
+        ));
+    }
+    let file = work_dir.join(format!("{project_name}.yml"));
+    files::write_atomic(&file, rendered.as_bytes(), 0o600)?;
+    let project = Project {
+        name: project_name.to_string(),
+        file: file.clone(),
+    };
+    let cmd = compose_cmd(config, &project)
+        .args([
+            "--profile",
+            "*",
+            "config",
+            "--format",
+            "json",
+            "--no-interpolate",
+            "--no-env-resolution",
+            "--no-path-resolution",
+        ])
+        .timeout(CONVERT_TIMEOUT);
+    let result = host.run(&cmd);
+    let removed = files::remove_file_if_exists(&file);
+    let out = match result {
+        Ok(out) => out,
+        Err(Error::Command { reason, stderr, .. }) if reason.starts_with("exit status") => {
+            return Err(Error::invalid(
+                "docker compose config",
+                vec![format!("refused the file: {}", stderr_tail(&stderr))],
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    removed?;
+    serde_json::from_str(&out.stdout).map_err(|e| {
+        Error::invalid(
+            "docker compose config",
+            vec![format!("printed something that is not JSON ({e})")],
+        )
+    })
+}
+
+fn is_project_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 80
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+// ---------------------------------------------------------------------------
+// The allow-list
+// ---------------------------------------------------------------------------
+
+/// What a compose file is checked against.
+#[derive(Debug, Clone)]
+pub struct CheckContext<'a> {
+    pub manifest: &'a Manifest,
+    pub config: &'a Config,
+    /// `DATA_DIR` (see [`data_dir`]).
+    pub data_dir: PathBuf,
+    pub service_ip: Ipv4Addr,
+    /// Set for a connection instance.
+    pub instance: Option<InstanceCtx>,
+}
+
+/// The parts of a connection instance the check needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceCtx {
+    /// The instance (connection) id: the main container is
+    /// `<container_name>-<id>`.
+    pub id: String,
+    pub redirect_port: u16,
+}
+
+impl CheckContext<'_> {
+    /// The main container's name (`CONTAINER_NAME`).
+    pub fn container_name(&self) -> String {
+        match &self.instance {
+            Some(i) => format!("{}-{}", self.manifest.container_name, i.id),
+            None => self.manifest.container_name.clone(),
+        }
+    }
+}
+
+/// Service keys allowed whatever their value (their values are checked by
+/// compose's schema); the keys with rules of their own are handled in
+/// [`check_service`].
+const FREE_SERVICE_KEYS: &[&str] = &[
+    "command",
+    "entrypoint",
+    "tmpfs",
+    "depends_on",
+    "healthcheck",
+    "restart",
+    "user",
+    "working_dir",
+    "labels",
+    "logging",
+    "ulimits",
+    "read_only",
+    "init",
+    "stop_signal",
+    "stop_grace_period",
+    "cap_drop",
+    "mem_limit",
+    "cpus",
+    "shm_size",
+    "expose",
+    "hostname",
+    "profiles",
+];
+
+const ALLOWED_SYSCTLS: &[&str] = &["net.ipv4.ip_forward", "net.ipv4.conf.all.src_valid_mark"];
+const IPV6_ALL_SYSCTLS: &str = "net.ipv6.conf.all.";
+const TUN: &str = "/dev/net/tun";
+const RESERVED_NETWORKS: &[&str] = &["host", "none", "bridge"];
+
+/// Checks a converted compose file against the allow-list of spec §7.3 and
+/// returns every problem, each naming the service and the key.
+pub fn check(doc: &Value, ctx: &CheckContext) -> Vec<String> {
+    let mut errors = Vec::new();
+    let Some(top) = doc.as_object() else {
+        return vec!["the compose file is not a mapping".into()];
+    };
+    let project = top.get("name").and_then(Value::as_str).unwrap_or_default();
+    for (key, value) in top {
+        match key.as_str() {
+            "name" | "services" | "networks" | "volumes" => {}
+            k if k.starts_with("x-") => {}
+            k => errors.push(format!(
+                "top-level key {k:?} is not allowed ({})",
+                show(value)
+            )),
+        }
+    }
+    let empty = Map::new();
+    let services = match top.get("services").and_then(Value::as_object) {
+        Some(s) if !s.is_empty() => s,
+        _ => {
+            errors.push("the compose file has no services".into());
+            &empty
+        }
+    };
+    let volumes = top
+        .get("volumes")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let networks = top
+        .get("networks")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    check_top_volumes(volumes, project, &mut errors);
+    check_top_networks(networks, project, ctx, &mut errors);
+
+    let main_name = ctx.container_name();
+    let mains: Vec<&String> = services
+        .iter()
+        .filter(|(_, s)| s.get("container_name").and_then(Value::as_str) == Some(&main_name))
+        .map(|(name, _)| name)
+        .collect();
+    match mains.as_slice() {
+        [] if !services.is_empty() => errors.push(format!(
+            "no service has container_name {main_name:?} (write container_name: ${{CONTAINER_NAME}} \
+             on the main service)"
+        )),
+        [] | [_] => {}
+        many => errors.push(format!(
+            "services {} all have container_name {main_name:?}; only the main service may",
+            quoted_list(many.iter().map(|s| s.as_str()))
+        )),
+    }
+    let main = mains.first().map(|s| s.as_str());
+    for (name, svc) in services {
+        let is_main = Some(name.as_str()) == main;
+        check_service(
+            name,
+            svc,
+            is_main,
+            services,
+            volumes,
+            networks,
+            ctx,
+            &mut errors,
+        );
+    }
+    errors
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_service(
+    name: &str,
+    svc: &Value,
+    is_main: bool,
+    services: &Map<String, Value>,
+    volumes: &Map<String, Value>,
+    networks: &Map<String, Value>,
+    ctx: &CheckContext,
+    errors: &mut Vec<String>,
+) {
+    let Some(svc) = svc.as_object() else {
+        errors.push(format!("service {name:?} is not a mapping"));
+        return;
+    };
+    let mut err =
+        |key: &str, msg: String| errors.push(format!("service {name:?}: key {key:?} {msg}"));
+    let connectivity = ctx.manifest.kind == Kind::Connectivity;
+    if !svc.contains_key("image") {
+        err(
+            "image",
+            format!("is missing (it must be {:?})", ctx.manifest.image),
+        );
+    }
+    for (key, value) in svc {
+        let k = key.as_str();
+        if FREE_SERVICE_KEYS.contains(&k) || k.starts_with("x-") {
+            continue;
+        }
+        match k {
+            "image" => {
+                if value.as_str() != Some(ctx.manifest.image.as_str()) {
+                    err(
+                        k,
+                        format!(
+                            "must be the manifest's image {:?} ({})",
+                            ctx.manifest.image,
+                            show(value)
+                        ),
+                    );
+                }
+            }
+            "container_name" => {
+                let main = ctx.container_name();
+                let ok = value
+                    .as_str()
+                    .is_some_and(|c| c == main || c.starts_with(&format!("{main}-")));
+                if !ok {
+                    err(
+                        k,
+                        format!(
+                            "must be {main:?} or start with \"{main}-\" ({})",
+                            show(value)
+                        ),
+                    );
+                }
+            }
+            "environment" => check_environment(value, &mut err),
+            "volumes" => check_service_volumes(value, volumes, ctx, &mut err),
+            "networks" => check_service_networks(value, is_main, networks, ctx, &mut err),
+            "network_mode" if is_main => err(
+                k,
+                format!(
+                    "is not allowed on the main service: it joins the cell network ({})",
+                    show(value)
+                ),
+            ),
+            "network_mode" | "pid" => {
+                let ok = value
+                    .as_str()
+                    .and_then(|v| v.strip_prefix("service:"))
+                    .is_some_and(|other| other != name && services.contains_key(other));
+                if !ok {
+                    err(
+                        k,
+                        format!(
+                            "may only be \"service:<another service of this file>\" ({})",
+                            show(value)
+                        ),
+                    );
+                }
+            }
+            "privileged" => {
+                if !is_false(value) {
+                    err(k, format!("is only allowed as false ({})", show(value)));
+                }
+            }
+            "security_opt" => {
+                for opt in items(value) {
+                    let ok = matches!(
+                        opt.as_str(),
+                        Some(
+                            "no-new-privileges"
+                                | "no-new-privileges:true"
+                                | "no-new-privileges=true"
+                        )
+                    );
+                    if !ok {
+                        err(
+                            k,
+                            format!("may only hold no-new-privileges ({})", show(opt)),
+                        );
+                    }
+                }
+            }
+            "cap_add" => {
+                for cap in items(value) {
+                    let norm = cap.as_str().map(normalize_cap);
+                    let ok = norm.as_ref().is_some_and(|c| {
+                        ctx.manifest.cap_add.iter().any(|m| normalize_cap(m) == *c)
+                    });
+                    if !ok {
+                        err(
+                            k,
+                            format!(
+                                "{} is not in the manifest's cap_add [{}]",
+                                show(cap),
+                                ctx.manifest.cap_add.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+            "ports" => match &ctx.instance {
+                None => err(
+                    k,
+                    format!(
+                        "is only allowed in a connection instance, for its redirect port ({})",
+                        show(value)
+                    ),
+                ),
+                Some(inst) => {
+                    for port in items(value) {
+                        if !is_redirect_port(port, inst.redirect_port) {
+                            err(
+                                k,
+                                format!(
+                                    "may only publish the redirect port {} as {0}:{0} ({})",
+                                    inst.redirect_port,
+                                    show(port)
+                                ),
+                            );
+                        }
+                    }
+                }
+            },
+            "devices" if connectivity => {
+                for dev in items(value) {
+                    if !is_tun_device(dev) {
+                        err(k, format!("may only hold {TUN} ({})", show(dev)));
+                    }
+                }
+            }
+            "sysctls" if connectivity => {
+                for name in sysctl_names(value) {
+                    if !sysctl_allowed(&name) {
+                        err(k, format!("{name:?} is not an allowed sysctl"));
+                    }
+                }
+            }
+            _ => err(k, format!("is not allowed ({})", show(value))),
+        }
+    }
+}
+
+fn check_environment(value: &Value, err: &mut impl FnMut(&str, String)) {
+    match value {
+        Value::Object(map) => {
+            for (name, v) in map {
+                if v.is_null() {
+                    err(
+                        "environment",
+                        format!("{name:?} has no value (it would be copied from the host)"),
+                    );
+                }
+            }
+        }
+        Value::Array(list) => {
+            for entry in list {
+                match entry.as_str() {
+                    Some(s) if s.contains('=') => {}
+                    _ => err(
+                        "environment",
+                        format!(
+                            "{} has no value (write NAME=value; a bare name is copied from the host)",
+                            show(entry)
+                        ),
+                    ),
+                }
+            }
+        }
+        Value::Null => {}
+        other => err(
+            "environment",
+            format!("is not a list or mapping ({})", show(other)),
+        ),
+    }
+}
+
+fn check_service_volumes(
+    value: &Value,
+    top_volumes: &Map<String, Value>,
+    ctx: &CheckContext,
+    err: &mut impl FnMut(&str, String),
+) {
+    let roots = allowed_roots(ctx);
+    for vol in items(value) {
+        let Some(v) = vol.as_object() else {
+            err(
+                "volumes",
+                format!("entry is not in compose's long form ({})", show(vol)),
+            );
+            continue;
+        };
+        let source = v.get("source").and_then(Value::as_str);
+        match v.get("type").and_then(Value::as_str) {
+            Some("bind") => {
+                let Some(src) = source else {
+                    err("volumes", format!("bind has no source ({})", show(vol)));
+                    continue;
+                };
+                if let Some(why) = bind_problem(src, &roots) {
+                    err("volumes", format!("bind source {src:?} {why}"));
+                }
+            }
+            Some("volume") => {
+                if let Some(src) = source {
+                    if !top_volumes.contains_key(src) {
+                        err(
+                            "volumes",
+                            format!(
+                                "named volume {src:?} is not declared under the top-level volumes"
+                            ),
+                        );
+                    }
+                }
+            }
+            Some("tmpfs") => {}
+            Some(t) => err(
+                "volumes",
+                format!("type {t:?} is not allowed ({})", show(vol)),
+            ),
+            None => err("volumes", format!("entry has no type ({})", show(vol))),
+        }
+    }
+}
+
+/// The folders bind mounts may come from: the data dir and the manifest's
+/// absolute `volumes` mounts (relative mounts live inside the data dir).
+fn allowed_roots(ctx: &CheckContext) -> Vec<String> {
+    let mut roots = vec![normalize_path_lexical(&ctx.data_dir.display().to_string())];
+    for v in &ctx.manifest.volumes {
+        if v.mount.starts_with('/') {
+            roots.push(normalize_path_lexical(&v.mount));
+        } else {
+            roots.push(normalize_path_lexical(
+                &ctx.data_dir.join(&v.mount).display().to_string(),
+            ));
+        }
+    }
+    roots
+}
+
+fn bind_problem(src: &str, roots: &[String]) -> Option<String> {
+    if src.contains("docker.sock") {
+        return Some("is not allowed (docker.sock)".into());
+    }
+    if !src.starts_with('/') {
+        return Some("is not an absolute path (write ${DATA_DIR}/...)".into());
+    }
+    let norm = normalize_path_lexical(src);
+    let inside = roots
+        .iter()
+        .any(|root| Path::new(&norm).starts_with(Path::new(root)));
+    if inside {
+        None
+    } else {
+        Some(format!(
+            "is outside the data dir and the manifest's volumes (it is {norm:?}; allowed: {})",
+            quoted_list(roots.iter().map(String::as_str))
+        ))
+    }
+}
+
+fn check_service_networks(
+    value: &Value,
+    is_main: bool,
+    top_networks: &Map<String, Value>,
+    ctx: &CheckContext,
+    err: &mut impl FnMut(&str, String),
+) {
+    let cell = ctx.config.network.as_str();
+    let Some(map) = value.as_object() else {
+        err("networks", format!("is not a mapping ({})", show(value)));
+        return;
+    };
+    for (net, attachment) in map {
+        if net == cell {
+            if !is_main {
+                err(
+                    "networks",
+                    format!("only the main service may join the cell network {cell:?}"),
+                );
+            }
+            // The main service's attachment is replaced by `finalize`.
+            continue;
+        }
+        match attachment {
+            Value::Null => {}
+            Value::Object(a) => {
+                for (k, v) in a {
+                    if k.starts_with("x-") {
+                        continue;
+                    }
+                    let msg = if k == "aliases" {
+                        format!("network {net:?}: aliases are not allowed ({})", show(v))
+                    } else {
+                        format!("network {net:?}: {k:?} is not allowed ({})", show(v))
+                    };
+                    err("networks", msg);
+                }
+            }
+            other => err("networks", format!("network {net:?}: {}", show(other))),
+        }
+        if is_main {
+            // Engine 20.10 gives a container the default route of the
+            // network whose name sorts first (internal ones last); the cell
+            // network must stay the main service's gateway, or egress marks
+            // are bypassed.
+            let top = top_networks.get(net);
+            let internal = top
+                .and_then(|t| t.get("internal"))
+                .is_some_and(|v| !is_false(v) && !v.is_null());
+            let real = top
+                .and_then(|t| t.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or(net);
+            if !internal && real <= cell {
+                err(
+                    "networks",
+                    format!(
+                        "network {net:?} (named {real:?}) sorts before the cell network {cell:?} \
+                         and would become the main service's gateway; make it internal: true"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+const TOP_VOLUME_KEYS: &[&str] = &["name", "labels"];
+const TOP_NETWORK_KEYS: &[&str] = &[
+    "name",
+    "driver",
+    "internal",
+    "labels",
+    "external",
+    "enable_ipv6",
+];
+
+fn check_top_volumes(volumes: &Map<String, Value>, project: &str, errors: &mut Vec<String>) {
+    for (key, vol) in volumes {
+        let Some(v) = vol.as_object() else {
+            continue;
+        };
+        for (k, value) in v {
+            if k.starts_with("x-") || TOP_VOLUME_KEYS.contains(&k.as_str()) {
+                continue;
+            }
+            errors.push(format!(
+                "volume {key:?}: key {k:?} is not allowed ({})",
+                show(value)
+            ));
+        }
+        let default = format!("{project}_{key}");
+        if let Some(name) = v.get("name") {
+            if name.as_str() != Some(default.as_str()) {
+                errors.push(format!(
+                    "volume {key:?}: key \"name\" may not name a volume outside this project ({})",
+                    show(name)
+                ));
+            }
+        }
+    }
+}
+
+fn check_top_networks(
+    networks: &Map<String, Value>,
+    project: &str,
+    ctx: &CheckContext,
+    errors: &mut Vec<String>,
+) {
+    let cell = ctx.config.network.as_str();
+    for (key, net) in networks {
+        if key == cell {
+            continue; // replaced by `finalize`
+        }
+        let mut err = |msg: String| errors.push(format!("network {key:?}: {msg}"));
+        if RESERVED_NETWORKS.contains(&key.as_str()) {
+            err(format!("the network {key:?} is not allowed"));
+        }
+        let Some(n) = net.as_object() else {
+            continue;
+        };
+        for (k, value) in n {
+            if k.starts_with("x-") || TOP_NETWORK_KEYS.contains(&k.as_str()) {
+                continue;
+            }
+            err(format!("key {k:?} is not allowed ({})", show(value)));
+        }
+        if let Some(ext) = n.get("external") {
+            if !is_false(ext) {
+                err(format!("key \"external\" is not allowed ({})", show(ext)));
+            }
+        }
+        if let Some(driver) = n.get("driver") {
+            if driver.as_str() != Some("bridge") {
+                err(format!(
+                    "key \"driver\" may only be bridge ({})",
+                    show(driver)
+                ));
+            }
+        }
+        if let Some(name) = n.get("name") {
+            let default = format!("{project}_{key}");
+            match name.as_str() {
+                Some(s) if RESERVED_NETWORKS.contains(&s) => {
+                    err(format!("the network named {s:?} is not allowed"))
+                }
+                Some(s) if s == cell => err(format!(
+                    "names the cell network {cell:?}; refer to it by the key ${{NETWORK}}"
+                )),
+                Some(s) if s == default => {}
+                _ => err(format!(
+                    "key \"name\" may not name a network outside this project ({})",
+                    show(name)
+                )),
+            }
+        }
+    }
+}
+
+fn is_redirect_port(port: &Value, redirect: u16) -> bool {
+    let Some(p) = port.as_object() else {
+        return false;
+    };
+    let as_port = |v: Option<&Value>| -> Option<u64> {
+        match v? {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+    };
+    let protocol_ok = matches!(
+        p.get("protocol").and_then(Value::as_str),
+        None | Some("tcp" | "udp")
+    );
+    as_port(p.get("target")) == Some(u64::from(redirect))
+        && as_port(p.get("published")) == Some(u64::from(redirect))
+        && protocol_ok
+}
+
+fn is_tun_device(dev: &Value) -> bool {
+    match dev {
+        Value::Object(d) => {
+            let perms_ok = d.get("permissions").is_none_or(|p| {
+                p.as_str()
+                    .is_some_and(|s| s.chars().all(|c| "rwm".contains(c)))
+            });
+            d.get("source").and_then(Value::as_str) == Some(TUN)
+                && d.get("target")
+                    .and_then(Value::as_str)
+                    .is_none_or(|t| t == TUN)
+                && perms_ok
+                && d.keys()
+                    .all(|k| matches!(k.as_str(), "source" | "target" | "permissions"))
+        }
+        Value::String(s) => {
+            let mut parts = s.split(':');
+            parts.next() == Some(TUN)
+                && parts.next().is_none_or(|t| t == TUN)
+                && parts
+                    .next()
+                    .is_none_or(|p| p.chars().all(|c| "rwm".contains(c)))
+                && parts.next().is_none()
+        }
+        _ => false,
+    }
+}
+
+fn sysctl_names(value: &Value) -> Vec<String> {
+    match value {
+        Value::Object(m) => m.keys().cloned().collect(),
+        Value::Array(l) => l
+            .iter()
+            .map(|e| match e.as_str() {
+                Some(s) => s.split('=').next().unwrap_or_default().trim().to_string(),
+                None => show(e),
+            })
+            .collect(),
+        other => vec![show(other)],
+    }
+}
+
+fn sysctl_allowed(name: &str) -> bool {
+    ALLOWED_SYSCTLS.contains(&name)
+        || name.strip_prefix(IPV6_ALL_SYSCTLS).is_some_and(|rest| {
+            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// Upper case, without a `CAP_` prefix.
+fn normalize_cap(cap: &str) -> String {
+    let up = cap.trim().to_ascii_uppercase();
+    up.strip_prefix("CAP_").map(str::to_string).unwrap_or(up)
+}
+
+/// Whether a value means "false" to compose. `--no-interpolate` leaves
+/// YAML 1.1 words such as `no` as strings, which compose reads as booleans
+/// when it loads the checked file.
+fn is_false(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => !b,
+        Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "false" | "no" | "off"),
+        _ => false,
+    }
+}
+
+/// The entries of a list, or the one value that is not a list.
+fn items(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    }
+}
+
+fn show(v: &Value) -> String {
+    let s = match v {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    };
+    truncate(&s, 100)
+}
+
+fn quoted_list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    items
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Lexical normalisation of an absolute path: `.`, `..`, `//` and a
+/// trailing `/` are resolved without looking at the disk; `..` at the root
+/// stays at the root. (The manifest validator has its own; this one keeps
+/// the compose check self-contained.)
+fn normalize_path_lexical(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// Every bind source of a checked document, as written. The check is
+/// lexical: a symlink that a container later plants inside its own data
+/// dir would be followed by docker at the next `up`, so the step that
+/// brings a project up should create these folders itself and refuse any
+/// that is (or passes through) a symlink below the data dir.
+pub fn bind_sources(doc: &Value) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Some(services) = doc.get("services").and_then(Value::as_object) else {
+        return out;
+    };
+    for svc in services.values() {
+        let Some(vols) = svc.get("volumes") else {
+            continue;
+        };
+        for v in items(vols) {
+            if v.get("type").and_then(Value::as_str) == Some("bind") {
+                if let Some(src) = v.get("source").and_then(Value::as_str) {
+                    out.push(PathBuf::from(src));
+                }
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The cell-network attachment
+// ---------------------------------------------------------------------------
+
+/// Makes the cell network pic-store's: its top-level entry becomes
+/// `{"name": PIC_NETWORK, "external": true}` and the main service's
+/// attachment `{"ipv4_address": SERVICE_IP}`, whatever the template said
+/// (aliases given there are dropped). Run it on a document [`check`]
+/// accepted.
+pub fn finalize(mut doc: Value, ctx: &CheckContext) -> Value {
+    let cell = ctx.config.network.clone();
+    let main_name = ctx.container_name();
+    let Some(top) = doc.as_object_mut() else {
+        return doc;
+    };
+    let networks = top
+        .entry("networks")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(n) = networks.as_object_mut() {
+        n.insert(
+            cell.clone(),
+            serde_json::json!({"name": cell, "external": true}),
+        );
+    }
+    if let Some(services) = top.get_mut("services").and_then(Value::as_object_mut) {
+        for svc in services.values_mut() {
+            let Some(s) = svc.as_object_mut() else {
+                continue;
+            };
+            if s.get("container_name").and_then(Value::as_str) != Some(main_name.as_str()) {
+                continue;
+            }
+            let nets = s
+                .entry("networks")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !nets.is_object() {
+                *nets = Value::Object(Map::new());
+            }
+            if let Some(n) = nets.as_object_mut() {
+                n.insert(
+                    cell.clone(),
+                    serde_json::json!({"ipv4_address": ctx.service_ip.to_string()}),
+                );
+            }
+        }
+    }
+    doc
+}
+
+// ---------------------------------------------------------------------------
+// The whole chain
+// ---------------------------------------------------------------------------
+
+static WORK_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// textual refusals → `docker compose config` → allow-list → cell network:
+/// the compose document pic-store will bring up, or every reason it won't.
+/// Conversion happens in a fresh folder under `<state_dir>/tmp/`, removed
+/// afterwards.
+pub fn prepare(
+    host: &dyn Host,
+    config: &Config,
+    project_name: &str,
+    rendered: &str,
+    ctx: &CheckContext,
+) -> Result<Value> {
+    let what = format!("compose template of {}", ctx.manifest.id);
+    let refusals = textual_refusals(rendered);
+    if !refusals.is_empty() {
+        return Err(Error::invalid(what, refusals));
+    }
+    let parent = config.state_dir.join("tmp");
+    files::create_dir_all(&parent)?;
+    let work = parent.join(format!(
+        "compose-{}-{}",
+        std::process::id(),
+        WORK_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    files::remove_dir_all_if_exists(&work)?;
+    std::fs::create_dir(&work).map_err(|e| Error::io("create folder", &work, e))?;
+    let converted = convert(host, config, project_name, rendered, &work);
+    let cleaned = files::remove_dir_all_if_exists(&work);
+    let doc = match converted {
+        Ok(doc) => doc,
+        Err(Error::Invalid { what: step, errors }) => {
+            let errors = errors.into_iter().map(|e| format!("{step}: {e}")).collect();
+            return Err(Error::invalid(what, errors));
+        }
+        Err(e) => return Err(e),
+    };
+    cleaned?;
+    let errors = check(&doc, ctx);
+    if !errors.is_empty() {
+        return Err(Error::invalid(what, errors));
+    }
+    Ok(finalize(doc, ctx))
+}
+
+/// Writes a checked document to `<state_dir>/compose/<project>.json`
+/// atomically and returns its path. That folder only ever holds these
+/// files (never a `.env`).
+pub fn write_checked(config: &Config, project: &str, doc: &Value) -> Result<PathBuf> {
+    if !is_project_name(project) {
+        return Err(Error::invalid(
+            "compose project",
+            vec![format!("{project:?} is not a project name")],
+        ));
+    }
+    let dir = config.compose_dir();
+    files::create_dir_all(&dir)?;
+    let path = dir.join(format!("{project}.json"));
+    let mut bytes = serde_json::to_vec_pretty(doc)
+        .map_err(|e| Error::invalid("compose file", vec![format!("cannot be serialised: {e}")]))?;
+    bytes.push(b'\n');
+    files::write_atomic(&path, &bytes, 0o600)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ServiceId;
+    use crate::manifest::{EnvVar, Volume};
+    use serde_json::json;
+
+    const IMAGE: &str = "127.0.0.1:5000/roof/web:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const IP: Ipv4Addr = Ipv4Addr::new(172, 20, 0, 30);
+    const DATA: &str = "/var/lib/pic-store/data/web";
+
+    fn config() -> Config {
+        Config::from_lookup(|k| match k {
+            "PIC_STATE_DIR" => Some("/var/lib/pic-store".into()),
+            _ => None,
+        })
+        .unwrap()
+    }
+
+    fn manifest(kind: Kind) -> Manifest {
+        Manifest {
+            id: ServiceId::parse("web").unwrap(),
+            name: "Web".into(),
+            version: "1".into(),
+            author: "roof".into(),
+            kind,
+            image: IMAGE.into(),
+            container_name: "cell-web".into(),
+            requires: vec![],
+            volumes: vec![
+                Volume {
+                    mount: "/srv/media".into(),
+                    target: "/media".into(),
+                },
+                Volume {
+                    mount: "files".into(),
+                    target: "/files".into(),
+                },
+            ],
+            env: vec![
+                EnvVar {
+                    name: "TZ".into(),
+                    value: "UTC".into(),
+                },
+                EnvVar {
+                    name: "IMAGE".into(),
+                    value: "sneaky".into(),
+                },
+            ],
+            iptables_rules: vec![],
+            routes: vec![],
+            cap_add: vec!["CHOWN".into(), "NET_BIND_SERVICE".into()],
+            provision_hook: None,
+            instanceable: kind == Kind::Connectivity,
+            connectivity: None,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    fn ctx<'a>(m: &'a Manifest, c: &'a Config, instance: Option<InstanceCtx>) -> CheckContext<'a> {
+        let data_dir = data_dir(c, m.id.as_str(), instance.as_ref().map(|i| i.id.as_str()));
+        CheckContext {
+            manifest: m,
+            config: c,
+            data_dir,
+            service_ip: IP,
+            instance,
+        }
+    }
+
+    fn inst() -> Option<InstanceCtx> {
+        Some(InstanceCtx {
+            id: "home".into(),
+            redirect_port: 12001,
+        })
+    }
+
+    /// A minimal accepted document with `extra` merged into the main service.
+    fn doc_with(extra: Value) -> Value {
+        let mut web = json!({
+            "image": IMAGE,
+            "container_name": "cell-web",
+            "networks": {"cell-network": null},
+        });
+        if let (Some(w), Some(e)) = (web.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                w.insert(k.clone(), v.clone());
+            }
+        }
+        json!({
+            "name": "pic-web",
+            "services": {"web": web},
+            "networks": {"cell-network": {"external": true, "name": "cell-network"}},
+        })
+    }
+
+    fn errors_of(extra: Value) -> Vec<String> {
+        let (m, c) = (manifest(Kind::Service), config());
+        check(&doc_with(extra), &ctx(&m, &c, None))
+    }
+
+    fn assert_refused(extra: Value, needle: &str) {
+        let errs = errors_of(extra.clone());
+        assert!(
+            errs.iter().any(|e| e.contains(needle)),
+            "{extra} should be refused with {needle:?}, got {errs:?}"
+        );
+    }
+
+    fn assert_accepted(extra: Value) {
+        let errs = errors_of(extra.clone());
+        assert!(errs.is_empty(), "{extra} should be accepted, got {errs:?}");
+    }
+
+    // --- render --------------------------------------------------------
+
+    #[test]
+    fn every_placeholder_is_filled() {
+        let (m, c) = (manifest(Kind::Service), config());
+        let v = Vars::for_service(&m, IP, &c);
+        let t = "a ${SERVICE_ID} ${SERVICE_IP} ${CONTAINER_NAME} ${IMAGE} ${DATA_DIR} ${NETWORK} ${CELL_DOMAIN} ${TZ}\n";
+        assert_eq!(
+            render(t, &v).unwrap(),
+            format!("a web 172.20.0.30 cell-web {IMAGE} {DATA} cell-network cell.local UTC\n")
+        );
+        // Built-in names win over a manifest env var of the same name.
+        assert_eq!(v.get("IMAGE"), Some(IMAGE));
+    }
+
+    #[test]
+    fn instance_placeholders() {
+        let (m, c) = (manifest(Kind::Connectivity), config());
+        let mut over = BTreeMap::new();
+        over.insert("TZ".to_string(), "Europe/Paris".to_string());
+        over.insert("UNDECLARED".to_string(), "x".to_string());
+        let v = Vars::for_instance(&m, "home", IP, 12001, 0x105, 105, &over, &c);
+        let t = "${CONTAINER_NAME} ${INSTANCE_ID} ${REDIRECT_PORT} ${FWMARK} ${ROUTE_TABLE} ${DATA_DIR} ${TZ}";
+        assert_eq!(
+            render(t, &v).unwrap(),
+            format!("cell-web-home home 12001 0x105 105 {DATA}/home Europe/Paris")
+        );
+        assert_eq!(v.get("UNDECLARED"), None);
+        assert_eq!(v.container_name(), "cell-web-home");
+        // A service has no instance values.
+        let s = Vars::for_service(&m, IP, &c);
+        assert!(render("${FWMARK}", &s).is_err());
+    }
+
+    #[test]
+    fn comments_are_substituted_and_escapes_kept() {
+        let (m, c) = (manifest(Kind::Service), config());
+        let v = Vars::for_service(&m, IP, &c);
+        assert_eq!(
+            render("# ${SERVICE_ID}\ncommand: echo $$HOME $${IMAGE} $$$$\n", &v).unwrap(),
+            "# web\ncommand: echo $$HOME $${IMAGE} $$$$\n"
+        );
+    }
+
+    fn render_errors(t: &str) -> Vec<String> {
+        let (m, c) = (manifest(Kind::Service), config());
+        match render(t, &Vars::for_service(&m, IP, &c)) {
+            Err(Error::Invalid { errors, .. }) => errors,
+            other => panic!("{t:?} should be refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_leftover_dollar_is_an_error_with_its_line() {
+        let t = "a: ok\nb: $HOME\nc: ${HOME:-x}\nd: ${NOPE}\ne: $$$X\nf: x $\ng: ${UNCLOSED\nh: ${A${B}}\ni: ${}\n";
+        let errs = render_errors(t);
+        let expect = [
+            ("line 2:", "$HOME"),
+            ("line 3:", "${HOME:-x}"),
+            ("line 4:", "${NOPE}"),
+            ("line 5:", "$X"),
+            ("line 6:", "lone $"),
+            ("line 7:", "no closing"),
+            ("line 8:", "${A${B}"),
+            ("line 9:", "${}"),
+        ];
+        for (line, what) in expect {
+            assert!(
+                errs.iter().any(|e| e.starts_with(line) && e.contains(what)),
+                "{line} {what} missing from {errs:?}"
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:?}");
+        assert!(render_errors("x: $").iter().any(|e| e.contains("lone $")));
+    }
+
+    #[test]
+    fn nul_and_size_are_refused() {
+        assert!(render_errors("a\0b").iter().any(|e| e.contains("NUL")));
+        let big = "#".repeat(MAX_TEMPLATE + 1);
+        assert!(render_errors(&big).iter().any(|e| e.contains("256 KiB")));
+    }
+
+    #[test]
+    fn values_that_could_change_the_yaml_are_refused() {
+        let (mut m, c) = (manifest(Kind::Service), config());
+        m.env[0].value = "x\nprivileged: true".into();
+        let v = Vars::for_service(&m, IP, &c);
+        assert!(render("TZ: ${TZ}", &v).is_err());
+        assert!(render("other: 1", &v).is_ok());
+    }
+
+    // --- textual refusals ------------------------------------------------
+
+    #[test]
+    fn refused_keys_in_every_spelling() {
+        for t in [
+            "include:\n  - other.yml",
+            "  extends:\n    file: x.yml",
+            "    env_file: /etc/os-release",
+            "    - label_file: x",
+            "\"include\": [a.yml]",
+            "  'extends' : {service: a}",
+            "services: {web: {extends: {file: a}}}",
+            "    ENV_FILE: x",
+            "x: &k include\n*k : [a.yml]",
+            "? include\n: [a.yml]",
+            "\"\\x69nclude\": [a.yml]",
+            "\"incl\\u0075de\": [a.yml]",
+            "!!binary aW5jbHVkZQ==: [a.yml]",
+            "%TAG !e! tag:yaml.org,2002:\n---\n!e!binary aW5jbHVkZQ==: x",
+            "!<tag:yaml.org,2002:str> include: x",
+            "extend\u{17f}: x",
+        ] {
+            assert!(!textual_refusals(t).is_empty(), "{t:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn ordinary_templates_pass_the_textual_check() {
+        let t = "x-common: &common\n  restart: unless-stopped\nservices:\n  web:\n    <<: [*common]\n    image: img\n    command: [\"sh\", \"-c\", \"echo '*/5 * * * *' $$X\"]\n    environment:\n      MY_ENV_FILE_PATH: /data/env\n      INCLUDED: \"yes\"\n    labels:\n      a: \"b:c\"\n    command2: \"what? no\"\n";
+        assert_eq!(textual_refusals(t), Vec::<String>::new());
+    }
+
+    #[test]
+    fn textual_refusals_name_the_line() {
+        let r = textual_refusals("a: 1\nb: 2\n    env_file: x\n");
+        assert_eq!(r.len(), 1);
+        assert!(r[0].starts_with("line 3:"), "{r:?}");
+    }
+
+    // --- compose_cmd -------------------------------------------------------
+
+    #[test]
+    fn compose_command_has_the_fixed_flags_and_environment() {
+        let c = config();
+        let cmd = compose_cmd(
+            &c,
+            &Project {
+                name: "pic-web".into(),
+                file: PathBuf::from("/var/lib/pic-store/compose/pic-web.json"),
+            },
+        );
+        assert_eq!(
+            cmd.args,
+            [
+                "compose",
+                "-p",
+                "pic-web",
+                "-f",
+                "/var/lib/pic-store/compose/pic-web.json",
+                "--env-file",
+                "/dev/null"
+            ]
+        );
+        let Env::Only(env) = &cmd.env else {
+            panic!("compose must run with Env::Only")
+        };
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "PATH",
+                "HOME",
+                "COMPOSE_EXPERIMENTAL_GIT_REMOTE",
+                "COMPOSE_EXPERIMENTAL_OCI_REMOTE"
+            ]
+        );
+        assert!(env.iter().all(|(k, v)| k != "HOME" || v == COMPOSE_HOME));
+    }
+
+    #[test]
+    fn project_names() {
+        assert_eq!(project_name("proxy", None), "pic-proxy");
+        assert_eq!(project_name("proxy", Some("home")), "pic-proxy-home");
+    }
+
+    #[test]
+    fn convert_runs_config_with_every_safety_flag() {
+        let c = config();
+        let dir = std::env::temp_dir().join(format!("pic-compose-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = crate::host::FakeHost::default().answer("", 0, "{\"name\":\"pic-web\"}");
+        let doc = convert(&host, &c, "pic-web", "services: {}\n", &dir).unwrap();
+        assert_eq!(doc["name"], "pic-web");
+        let calls = host.calls();
+        assert_eq!(calls.len(), 1);
+        assert!(
+            calls[0].ends_with(&format!(
+                "compose -p pic-web -f {}/pic-web.yml --env-file /dev/null --profile * config --format json --no-interpolate --no-env-resolution --no-path-resolution",
+                dir.display()
+            )),
+            "{}",
+            calls[0]
+        );
+        assert!(
+            !dir.join("pic-web.yml").exists(),
+            "the template file is removed"
+        );
+        let failing = crate::host::FakeHost::default().answer("", 1, "");
+        let err = convert(&failing, &c, "pic-web", "x", &dir).unwrap_err();
+        assert!(err.to_string().contains("docker compose config"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // --- check: service keys -------------------------------------------
+
+    #[test]
+    fn minimal_document_is_accepted() {
+        assert_accepted(json!({}));
+    }
+
+    #[test]
+    fn allowed_keys_are_accepted() {
+        assert_accepted(json!({
+            "command": ["sh"], "entrypoint": "/init", "tmpfs": ["/run"],
+            "depends_on": {}, "healthcheck": {"test": ["CMD", "true"]},
+            "restart": "always", "user": "1000", "working_dir": "/app",
+            "labels": {"a": "b"}, "logging": {"driver": "json-file"},
+            "ulimits": {"nofile": 1024}, "read_only": true, "init": true,
+            "stop_signal": "SIGTERM", "stop_grace_period": "10s",
+            "cap_add": ["chown", "CAP_NET_BIND_SERVICE", "Cap_Chown"], "cap_drop": ["ALL"],
+            "mem_limit": "1g", "cpus": 0.5, "shm_size": "64m", "expose": [80],
+            "hostname": "web", "profiles": ["x"], "privileged": false,
+            "security_opt": ["no-new-privileges", "no-new-privileges:true", "no-new-privileges=true"],
+            "environment": {"A": "1", "B": "", "C": 3}, "x-note": {"anything": true},
+        }));
+        assert_accepted(json!({"privileged": "no"}));
+        assert_accepted(json!({"environment": ["A=1", "B="]}));
+    }
+
+    #[test]
+    fn refused_keys_name_service_and_key() {
+        for (extra, needle) in [
+            (
+                json!({"privileged": true}),
+                r#"service "web": key "privileged" is only allowed as false (true)"#,
+            ),
+            (json!({"privileged": "yes"}), r#"key "privileged""#),
+            (
+                json!({"devices": [{"source": "/dev/net/tun", "target": "/dev/net/tun"}]}),
+                r#"key "devices" is not allowed"#,
+            ),
+            (
+                json!({"sysctls": {"net.ipv4.ip_forward": 1}}),
+                r#"key "sysctls" is not allowed"#,
+            ),
+            (
+                json!({"security_opt": ["seccomp:unconfined"]}),
+                r#"key "security_opt""#,
+            ),
+            (
+                json!({"security_opt": ["no-new-privileges:false"]}),
+                r#"key "security_opt""#,
+            ),
+            (
+                json!({"userns_mode": "host"}),
+                r#"key "userns_mode" is not allowed"#,
+            ),
+            (json!({"ipc": "host"}), r#"key "ipc""#),
+            (json!({"cgroup_parent": "x"}), r#"key "cgroup_parent""#),
+            (json!({"build": {"context": "."}}), r#"key "build""#),
+            (json!({"volumes_from": ["x"]}), r#"key "volumes_from""#),
+            (json!({"use_api_socket": true}), r#"key "use_api_socket""#),
+            (
+                json!({"post_start": [{"command": ["sh"]}]}),
+                r#"key "post_start""#,
+            ),
+            (
+                json!({"pre_stop": [{"command": ["sh"]}]}),
+                r#"key "pre_stop""#,
+            ),
+            (json!({"provider": {"type": "x"}}), r#"key "provider""#),
+            (json!({"secrets": [{"source": "s"}]}), r#"key "secrets""#),
+            (
+                json!({"network_mode": "host"}),
+                r#"key "network_mode" is not allowed on the main service"#,
+            ),
+            (json!({"pid": "host"}), r#"key "pid""#),
+            (
+                json!({"cap_add": ["SYS_ADMIN"]}),
+                r#""SYS_ADMIN" is not in the manifest's cap_add"#,
+            ),
+            (json!({"cap_add": ["cap_net_admin"]}), "cap_net_admin"),
+            (
+                json!({"image": "other:1"}),
+                r#"key "image" must be the manifest's image"#,
+            ),
+            (
+                json!({"container_name": "cell-webx"}),
+                "no service has container_name",
+            ),
+            (
+                json!({"environment": ["HOME"]}),
+                r#"key "environment" "HOME" has no value"#,
+            ),
+            (
+                json!({"environment": {"HOME": null}}),
+                r#""HOME" has no value"#,
+            ),
+            (
+                json!({"ports": ["80:80"]}),
+                r#"key "ports" is only allowed in a connection instance"#,
+            ),
+            (
+                json!({"ports": [{"target": 12001, "published": "12001"}]}),
+                r#"key "ports""#,
+            ),
+        ] {
+            assert_refused(extra, needle);
+        }
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let errs = errors_of(
+            json!({"privileged": true, "ipc": "host", "cap_add": ["SYS_ADMIN", "NET_RAW"]}),
+        );
+        assert_eq!(errs.len(), 4, "{errs:?}");
+    }
+
+    #[test]
+    fn missing_image_is_refused() {
+        let (m, c) = (manifest(Kind::Service), config());
+        let mut d = doc_with(json!({}));
+        d["services"]["web"]
+            .as_object_mut()
+            .unwrap()
+            .remove("image");
+        let errs = check(&d, &ctx(&m, &c, None));
+        assert!(errs.iter().any(|e| e.contains("is missing")), "{errs:?}");
+    }
+
+    #[test]
+    fn helpers_share_the_image_and_the_name_prefix() {
+        let (m, c) = (manifest(Kind::Service), config());
+        let mut d = doc_with(json!({}));
+        d["services"]["db"] = json!({"image": IMAGE, "container_name": "cell-web-db", "network_mode": "service:web", "pid": "service:web"});
+        d["services"]["cache"] = json!({"image": IMAGE});
+        assert_eq!(check(&d, &ctx(&m, &c, None)), Vec::<String>::new());
+        d["services"]["db"]["container_name"] = json!("cell-api");
+        d["services"]["cache"]["image"] = json!("redis:7");
+        d["services"]["cache"]["network_mode"] = json!("service:nope");
+        let errs = check(&d, &ctx(&m, &c, None));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(r#"service "db": key "container_name""#)),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(r#"service "cache": key "image""#)),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(r#"service "cache": key "network_mode""#)),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn two_main_services_are_refused() {
+        let (m, c) = (manifest(Kind::Service), config());
+        let mut d = doc_with(json!({}));
+        d["services"]["web2"] = json!({"image": IMAGE, "container_name": "cell-web"});
+        let errs = check(&d, &ctx(&m, &c, None));
+        assert!(
+            errs.iter().any(|e| e.contains("all have container_name")),
+            "{errs:?}"
+        );
+    }
+
+    // --- check: connectivity and instances -------------------------------
+
+    fn instance_errors(extra: Value) -> Vec<String> {
+        let (m, c) = (manifest(Kind::Connectivity), config());
+        let mut d = doc_with(extra);
+        d["name"] = json!("pic-web-home");
+        d["services"]["web"]["container_name"] = json!("cell-web-home");
+        check(&d, &ctx(&m, &c, inst()))
+    }
+
+    #[test]
+    fn ports_only_the_redirect_port_of_an_instance() {
+        for ok in [
+            json!({"ports": [{"mode": "ingress", "target": 12001, "published": "12001", "protocol": "tcp"}]}),
+            json!({"ports": [{"host_ip": "127.0.0.1", "target": 12001, "published": 12001}]}),
+        ] {
+            assert_eq!(instance_errors(ok.clone()), Vec::<String>::new(), "{ok}");
+        }
+        for bad in [
+            json!({"ports": [{"target": 12001}]}),
+            json!({"ports": [{"target": 80, "published": "12001"}]}),
+            json!({"ports": [{"target": 12001, "published": "12002"}]}),
+            json!({"ports": [{"target": 12001, "published": "12001-12002"}]}),
+            json!({"ports": [{"target": 12001, "published": "12001", "protocol": "sctp"}]}),
+            json!({"ports": ["12001:12001"]}),
+        ] {
+            let errs = instance_errors(bad.clone());
+            assert!(
+                errs.iter().any(|e| e.contains(r#"key "ports""#)),
+                "{bad}: {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn connectivity_devices_and_sysctls() {
+        assert_eq!(
+            instance_errors(json!({
+                "devices": [{"source": "/dev/net/tun", "target": "/dev/net/tun", "permissions": "rwm"}, "/dev/net/tun"],
+                "sysctls": {"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.src_valid_mark": "1", "net.ipv6.conf.all.disable_ipv6": 0},
+                "cap_add": ["CHOWN"],
+            })),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            instance_errors(json!({"sysctls": ["net.ipv6.conf.all.forwarding=1"]})),
+            Vec::<String>::new()
+        );
+        for bad in [
+            json!({"devices": [{"source": "/dev/sda", "target": "/dev/sda"}]}),
+            json!({"devices": [{"source": "/dev/net/tun", "target": "/dev/mem"}]}),
+            json!({"devices": ["/dev/net/tun:/dev/net/tun:rwx"]}),
+            json!({"sysctls": {"kernel.shmmax": 1}}),
+            json!({"sysctls": ["net.ipv6.conf.default.forwarding=1"]}),
+            json!({"sysctls": {"net.ipv6.conf.all.": 1}}),
+        ] {
+            assert!(!instance_errors(bad.clone()).is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn instance_container_names() {
+        let (m, c) = (manifest(Kind::Connectivity), config());
+        let mut d = doc_with(json!({}));
+        d["services"]["web"]["container_name"] = json!("cell-web-home");
+        d["services"]["side"] = json!({"image": IMAGE, "container_name": "cell-web-other"});
+        let errs = check(&d, &ctx(&m, &c, inst()));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains(r#"service "side": key "container_name""#),
+            "{errs:?}"
+        );
+    }
+
+    // --- check: volumes --------------------------------------------------
+
+    fn bind(src: &str) -> Value {
+        json!({"volumes": [{"type": "bind", "source": src, "target": "/x"}]})
+    }
+
+    #[test]
+    fn bind_sources_inside_the_data_dir_or_a_manifest_mount() {
+        for ok in [
+            DATA.to_string(),
+            format!("{DATA}/config"),
+            format!("{DATA}//a/./b/"),
+            format!("{DATA}/a/../b"),
+            "/srv/media".into(),
+            "/srv/media/music".into(),
+            "/srv/x/../media/".into(),
+        ] {
+            assert_accepted(bind(&ok));
+        }
+        for bad in [
+            format!("{DATA}-x"),
+            format!("{DATA}/../../etc"),
+            format!("{DATA}/../web2"),
+            "/srv/../etc".into(),
+            "/srv/media-other".into(),
+            "/srv".into(),
+            "/etc".into(),
+            "/".into(),
+            "./data".into(),
+            "data".into(),
+            "~/x".into(),
+            format!("{DATA}/docker.sock"),
+            "/var/run/docker.sock".into(),
+        ] {
+            assert_refused(bind(&bad), "bind source");
+        }
+    }
+
+    #[test]
+    fn volume_types_and_named_volumes() {
+        assert_accepted(
+            json!({"volumes": [{"type": "tmpfs", "target": "/t"}, {"type": "volume", "target": "/anon"}]}),
+        );
+        for t in ["image", "npipe", "cluster", "weird"] {
+            assert_refused(
+                json!({"volumes": [{"type": t, "source": "x", "target": "/x"}]}),
+                &format!("type {t:?}"),
+            );
+        }
+        assert_refused(
+            json!({"volumes": [{"type": "volume", "source": "undeclared", "target": "/x"}]}),
+            "not declared",
+        );
+        let (m, c) = (manifest(Kind::Service), config());
+        let mut d =
+            doc_with(json!({"volumes": [{"type": "volume", "source": "db", "target": "/db"}]}));
+        d["volumes"] = json!({"db": {"name": "pic-web_db", "labels": {"a": "b"}}});
+        assert_eq!(check(&d, &ctx(&m, &c, None)), Vec::<String>::new());
+        for bad in [
+            json!({"driver": "local"}),
+            json!({"driver_opts": {"type": "none", "o": "bind", "device": "/etc"}}),
+            json!({"external": true}),
+            json!({"name": "cell-api_data"}),
+        ] {
+            d["volumes"]["db"] = bad.clone();
+            let errs = check(&d, &ctx(&m, &c, None));
+            assert!(
+                errs.iter().any(|e| e.starts_with("volume \"db\"")),
+                "{bad}: {errs:?}"
+            );
+        }
+    }
+
+    // --- check: top level and networks ------------------------------------
+
+    #[test]
+    fn top_level_keys() {
+        let (m, c) = (manifest(Kind::Service), config());
+        let mut d = doc_with(json!({}));
+        d["x-anything"] = json!({"privileged": true});
+        assert_eq!(check(&d, &ctx(&m, &c, None)), Vec::<String>::new());
+        d["secrets"] = json!({"s": {"file": "/etc/shadow"}});
+        d["configs"] = json!({"c": {"content": "x"}});
+        d["include"] = json!([]);
+        let errs = check(&d, &ctx(&m, &c, None));
+        for k in ["secrets", "configs", "include"] {
+            assert!(
+                errs.iter()
+                    .any(|e| e.contains(&format!("top-level key {k:?}"))),
+                "{errs:?}"
+            );
+        }
+    }
+
+    fn with_helper_network(net: Value, helper_nets: Value) -> Vec<String> {
+        let (m, c) = (manifest(Kind::Service), config());
+        let mut d = doc_with(json!({}));
+        d["networks"]["inner"] = net;
+        d["services"]["db"] = json!({"image": IMAGE, "networks": helper_nets});
+        check(&d, &ctx(&m, &c, None))
+    }
+
+    #[test]
+    fn project_networks() {
+        assert_eq!(
+            with_helper_network(
+                json!({"name": "pic-web_inner", "driver": "bridge", "internal": true}),
+                json!({"inner": null, "default": {}})
+            ),
+            Vec::<String>::new()
+        );
+        for (net, helper, needle) in [
+            (
+                json!({"external": true}),
+                json!({"inner": null}),
+                "\"external\"",
+            ),
+            (
+                json!({"name": "host"}),
+                json!({"inner": null}),
+                "named \"host\"",
+            ),
+            (
+                json!({"name": "cell-network"}),
+                json!({"inner": null}),
+                "names the cell network",
+            ),
+            (
+                json!({"name": "pic-other_default"}),
+                json!({"inner": null}),
+                "outside this project",
+            ),
+            (
+                json!({"driver": "macvlan"}),
+                json!({"inner": null}),
+                "driver",
+            ),
+            (json!({"ipam": {}}), json!({"inner": null}), "\"ipam\""),
+            (json!({}), json!({"inner": {"aliases": ["db"]}}), "aliases"),
+            (
+                json!({}),
+                json!({"inner": {"gw_priority": 10}}),
+                "gw_priority",
+            ),
+            (
+                json!({}),
+                json!({"cell-network": null}),
+                "only the main service may join the cell network",
+            ),
+        ] {
+            let errs = with_helper_network(net.clone(), helper.clone());
+            assert!(
+                errs.iter().any(|e| e.contains(needle)),
+                "{net} {helper}: {errs:?}"
+            );
+        }
+        let (m, c) = (manifest(Kind::Service), config());
+        let mut d = doc_with(json!({}));
+        d["networks"]["host"] = json!({"name": "pic-web_host"});
+        let errs = check(&d, &ctx(&m, &c, None));
+        assert!(
+            errs.iter().any(|e| e.contains("\"host\" is not allowed")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn main_service_keeps_the_cell_network_as_gateway() {
+        let (m, _) = (manifest(Kind::Service), config());
+        let c = Config::from_lookup(|k| match k {
+            "PIC_NETWORK" => Some("zz-net".into()),
+            _ => None,
+        })
+        .unwrap();
+        let mut d = doc_with(json!({}));
+        d["services"]["web"]["networks"] = json!({"zz-net": null, "inner": null, "quiet": null});
+        d["networks"] = json!({
+            "zz-net": {"external": true},
+            "inner": {"name": "pic-web_inner"},
+            "quiet": {"name": "pic-web_quiet", "internal": true},
+        });
+        let errs = check(&d, &ctx(&m, &c, None));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("\"inner\"") && errs[0].contains("gateway"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn finalize_owns_the_cell_network() {
+        let (m, c) = (manifest(Kind::Service), config());
+        let mut d = doc_with(json!({}));
+        d["services"]["web"]["networks"] = json!({"cell-network": {"aliases": ["x"], "ipv4_address": "172.20.0.99"}, "default": null});
+        d["networks"]["cell-network"] = json!({"name": "cell-network", "driver": "bridge"});
+        d["networks"]["default"] = json!({"name": "pic-web_default"});
+        assert_eq!(check(&d, &ctx(&m, &c, None)), Vec::<String>::new());
+        let f = finalize(d, &ctx(&m, &c, None));
+        assert_eq!(
+            f["networks"]["cell-network"],
+            json!({"name": "cell-network", "external": true})
+        );
+        assert_eq!(
+            f["services"]["web"]["networks"],
+            json!({"cell-network": {"ipv4_address": "172.20.0.30"}, "default": null})
+        );
+        // A main service that said nothing about networks gets the attachment too.
+        let mut d = doc_with(json!({}));
+        d["services"]["web"]
+            .as_object_mut()
+            .unwrap()
+            .remove("networks");
+        d.as_object_mut().unwrap().remove("networks");
+        let f = finalize(d, &ctx(&m, &c, None));
+        assert_eq!(
+            f["services"]["web"]["networks"]["cell-network"]["ipv4_address"],
+            "172.20.0.30"
+        );
+        assert_eq!(f["networks"]["cell-network"]["external"], true);
+    }
+
+    #[test]
+    fn bind_sources_are_listed() {
+        let d = doc_with(json!({"volumes": [
+            {"type": "bind", "source": "/srv/media", "target": "/m"},
+            {"type": "volume", "source": "v", "target": "/v"},
+        ]}));
+        assert_eq!(bind_sources(&d), [PathBuf::from("/srv/media")]);
+    }
+
+    #[test]
+    fn lexical_normalisation() {
+        for (i, o) in [
+            ("/", "/"),
+            ("/..", "/"),
+            ("/../etc", "/etc"),
+            ("//a//b/", "/a/b"),
+            ("/a/./b/../c", "/a/c"),
+            ("/a/b/../../..", "/"),
+        ] {
+            assert_eq!(normalize_path_lexical(i), o, "{i}");
+        }
+    }
+
+    #[test]
+    fn write_checked_writes_atomically_in_the_compose_dir() {
+        let dir = std::env::temp_dir().join(format!("pic-compose-write-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let c = Config::from_lookup(|k| match k {
+            "PIC_STATE_DIR" => Some(dir.display().to_string()),
+            _ => None,
+        })
+        .unwrap();
+        let p = write_checked(&c, "pic-web", &json!({"name": "pic-web"})).unwrap();
+        assert_eq!(p, dir.join("compose/pic-web.json"));
+        let back: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(back["name"], "pic-web");
+        assert!(write_checked(&c, "../evil", &json!({})).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
