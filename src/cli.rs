@@ -4,6 +4,11 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::host::RealHost;
+use crate::ids::ServiceId;
+use crate::ops::{self, Ctx};
+use crate::state::CLI_LOCK_WAIT;
+use crate::store::StoreClient;
 
 pub const USAGE: &str = "\
 pic-store — the service store manager of a Personal Internet Cell
@@ -133,12 +138,139 @@ fn dispatch(config: &Config, cmd: &str, rest: &[&str]) -> Result<i32> {
             }
             crate::validate::run(config, &w.positional)
         }
-        "serve" | "reapply" | "list" | "install" | "update" | "remove" | "connection" | "peer"
-        | "egress" | "status" => Err(not_yet(cmd)),
+        "install" | "update" => {
+            let w = Words::parse(cmd, rest, &[])?;
+            w.exactly(cmd, &["ID"])?;
+            let id = ServiceId::parse(w.positional[0])?;
+            with_ctx(config, |ctx| {
+                if cmd == "install" {
+                    let out = ops::install(ctx, &id, CLI_LOCK_WAIT)?;
+                    print_install(&out);
+                } else {
+                    let out = ops::update(ctx, &id, CLI_LOCK_WAIT)?;
+                    if out.updated {
+                        println!(
+                            "updated {} from {} to {}",
+                            out.id, out.from_version, out.to_version
+                        );
+                    } else {
+                        println!("{} is already at version {}", out.id, out.to_version);
+                    }
+                }
+                Ok(0)
+            })
+        }
+        "remove" => {
+            let w = Words::parse(cmd, rest, &["--purge"])?;
+            w.exactly(cmd, &["ID"])?;
+            let id = ServiceId::parse(w.positional[0])?;
+            let purge = w.has("--purge");
+            with_ctx(config, |ctx| {
+                let out = ops::remove(ctx, &id, purge, CLI_LOCK_WAIT)?;
+                let how = if out.purged {
+                    " and its data deleted"
+                } else {
+                    ""
+                };
+                println!("removed {}{how}", out.id);
+                Ok(0)
+            })
+        }
+        "list" => {
+            let w = Words::parse(cmd, rest, &["--json"])?;
+            w.exactly(cmd, &[])?;
+            crate::report::list(config, w.has("--json"))
+        }
+        "status" => {
+            let w = Words::parse(cmd, rest, &["--json"])?;
+            w.exactly(cmd, &[])?;
+            crate::report::status(config, &RealHost, w.has("--json"))
+        }
+        "reapply" => {
+            let w = Words::parse(cmd, rest, &["--dry-run", "--json"])?;
+            w.exactly(cmd, &[])?;
+            let as_json = w.has("--json");
+            if w.has("--dry-run") {
+                return with_ctx(config, |ctx| {
+                    let d = ops::dry_run(ctx)?;
+                    print_dry_run(&d, as_json);
+                    Ok(if d.drift.is_empty() { 0 } else { 1 })
+                });
+            }
+            with_ctx(config, |ctx| {
+                let r = ops::reapply(ctx, REAPPLY_LOCK_WAIT)?;
+                if as_json {
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                } else {
+                    if let Some(msg) = &r.recovered {
+                        println!("recovered: {msg}");
+                    }
+                    for i in &r.items {
+                        let mark = if i.ok { "ok  " } else { "FAIL" };
+                        println!("{mark} {}: {}", i.item, i.detail);
+                    }
+                    println!("{}", r.summary());
+                }
+                Ok(if r.failed == 0 { 0 } else { 1 })
+            })
+        }
+        "serve" | "connection" | "peer" | "egress" => Err(not_yet(cmd)),
         _ => Err(Error::Usage(format!("unknown command {cmd:?}"))),
     }
 }
 
 fn not_yet(cmd: &str) -> Error {
     Error::failed(cmd, "not available in this build")
+}
+
+/// Runs an operation with the real host, the store, and progress lines
+/// printed on stderr.
+fn with_ctx(config: &Config, op: impl FnOnce(&mut Ctx) -> Result<i32>) -> Result<i32> {
+    let store = StoreClient::from_config(config);
+    let mut progress = |line: &str| eprintln!("  {line}");
+    let mut ctx = Ctx {
+        config,
+        host: &RealHost,
+        store: &store,
+        progress: &mut progress,
+    };
+    op(&mut ctx)
+}
+
+/// Boot may find `serve` settling a pending operation: wait longer.
+const REAPPLY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+fn print_dry_run(d: &ops::DryRun, as_json: bool) {
+    if as_json {
+        println!("{}", serde_json::to_string(d).unwrap_or_default());
+        return;
+    }
+    println!("# iptables-restore input (per table)\n{}", d.ruleset);
+    println!("# ip -batch input\n{}", d.ip_batch);
+    println!("# Caddy routes\n{}", d.caddyfile);
+    if d.drift.is_empty() {
+        println!("in sync: reapply would change nothing");
+    } else {
+        println!("drift ({}):", d.drift.len());
+        for line in &d.drift {
+            println!("  {line}");
+        }
+    }
+}
+
+fn print_install(out: &ops::InstallOutcome) {
+    if out.already_installed {
+        println!("{} is already installed (version {})", out.id, out.version);
+        return;
+    }
+    match out.ip {
+        Some(ip) => println!("installed {} {} at {ip}", out.id, out.version),
+        None => println!(
+            "installed {} {} (instanceable: add connections to run it)",
+            out.id, out.version
+        ),
+    }
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
 }

@@ -4,12 +4,15 @@
 pub mod cli;
 pub mod compose;
 pub mod config;
+pub mod docker;
 pub mod error;
 pub mod files;
 pub mod host;
 pub mod ids;
 pub mod manifest;
 pub mod net;
+pub mod ops;
+pub mod report;
 pub mod state;
 pub mod store;
 pub mod token;

@@ -48,6 +48,50 @@ impl NetReport {
         w
     }
 
+    /// Failure of the parts an operation cannot do without: firewall and
+    /// policy routing. A Caddy problem is reported, not fatal (spec §8).
+    pub fn fatal(&self) -> Result<()> {
+        match (&self.firewall, &self.routing) {
+            (Err(e), _) => Err(crate::error::Error::failed("firewall", e)),
+            (_, Err(e)) => Err(crate::error::Error::failed("policy routing", e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Lines worth telling the person: failures, reload errors, warnings.
+    pub fn problems(&self) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.contains("FAILED") || l.starts_with("warning:"))
+            .collect()
+    }
+
+    /// Each part as a reapply item: its name and what happened.
+    pub fn parts(&self) -> Vec<(String, std::result::Result<String, String>)> {
+        let lines = self.lines();
+        let outcome = |ok: bool, i: usize| {
+            let line = lines.get(i).cloned().unwrap_or_default();
+            let detail = line
+                .split_once(": ")
+                .map(|(_, d)| d.to_string())
+                .unwrap_or(line);
+            if ok {
+                Ok(detail)
+            } else {
+                Err(detail)
+            }
+        };
+        let caddy_ok = matches!(&self.caddy, Ok(c) if c.reload_error.is_none());
+        vec![
+            ("firewall".to_string(), outcome(self.firewall.is_ok(), 0)),
+            (
+                "policy routing".to_string(),
+                outcome(self.routing.is_ok(), 1),
+            ),
+            ("caddy".to_string(), outcome(caddy_ok, 2)),
+        ]
+    }
+
     /// One line per part, for the reapply report.
     pub fn lines(&self) -> Vec<String> {
         let firewall = match &self.firewall {

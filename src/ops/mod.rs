@@ -1,0 +1,141 @@
+//! Operations that change the system (spec §4, §8, §10): install, remove,
+//! update, connection create/delete, peer routes, egress, settings. Each is
+//! a transaction under the state lock: `pending` is written before the
+//! first side effect, every completed step is undone in reverse on failure,
+//! and whoever takes the lock next settles a `pending` left by a process
+//! that died (see [`settle`]).
+
+mod reapply;
+mod service;
+mod settle;
+
+pub use reapply::{dry_run, reapply, start_order, DryRun, ReapplyReport};
+pub use service::{install, remove, update, InstallOutcome, RemoveOutcome, UpdateOutcome};
+pub use settle::settle;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::state::{Pending, PendingOp, State, StateLock, StateStore};
+use crate::store::StoreClient;
+use std::time::Duration;
+
+/// What every operation runs with.
+pub struct Ctx<'a> {
+    pub config: &'a Config,
+    pub host: &'a dyn Host,
+    pub store: &'a StoreClient,
+    /// Receives progress lines (image pull progress included).
+    pub progress: &'a mut dyn FnMut(&str),
+}
+
+impl Ctx<'_> {
+    pub fn say(&mut self, line: &str) {
+        log::info!("{line}");
+        (self.progress)(line);
+    }
+}
+
+/// The lock and the state loaded under it, with any pending operation of
+/// a dead process already settled.
+pub struct Session {
+    lock: StateLock,
+    pub state: State,
+}
+
+impl Session {
+    /// Takes the lock (waiting up to `wait`), loads the state (an
+    /// unreadable file is an error, never an empty state) and settles a
+    /// pending operation.
+    pub fn open(ctx: &mut Ctx, wait: Duration) -> Result<Session> {
+        let store = StateStore::new(&ctx.config.state_dir);
+        let lock = store.lock(wait)?;
+        let state = lock.load()?;
+        let mut session = Session { lock, state };
+        session.settle(ctx)?;
+        Ok(session)
+    }
+
+    /// Like [`Session::open`], but an unreadable `state.json` is restored
+    /// from `state.json.bak` (for `reapply`). Returns what it recovered.
+    pub fn open_recovering(ctx: &mut Ctx, wait: Duration) -> Result<(Session, Option<String>)> {
+        let store = StateStore::new(&ctx.config.state_dir);
+        let lock = store.lock(wait)?;
+        let (state, recovered) = lock.load_or_recover()?;
+        let mut session = Session { lock, state };
+        session.settle(ctx)?;
+        Ok((session, recovered))
+    }
+
+    fn settle(&mut self, ctx: &mut Ctx) -> Result<()> {
+        if let Some(pending) = self.state.pending.clone() {
+            let settled = settle(ctx, &self.state, &pending)?;
+            self.state = settled;
+            self.state.pending = None;
+            self.lock.commit(&self.state)?;
+        }
+        Ok(())
+    }
+
+    /// Records `pending` before the operation's first side effect.
+    pub fn begin(&mut self, op: PendingOp, target: &str, detail: serde_json::Value) -> Result<()> {
+        self.state.pending = Some(Pending {
+            op,
+            target: target.to_string(),
+            started_at: crate::files::now_unix(),
+            pid: std::process::id(),
+            detail,
+        });
+        self.lock.commit(&self.state)
+    }
+
+    /// Commits `next` as the new state with `pending` cleared.
+    pub fn finish(&mut self, mut next: State) -> Result<()> {
+        next.pending = None;
+        self.lock.commit(&next)?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// Clears `pending`, keeping the state as it was before the operation.
+    pub fn abandon(&mut self) -> Result<()> {
+        let mut s = self.state.clone();
+        s.pending = None;
+        self.finish(s)
+    }
+
+    /// Commits a change that has no side effect outside the state.
+    pub fn commit(&mut self, next: State) -> Result<()> {
+        self.finish(next)
+    }
+}
+
+/// Turns a step's error into one that names the step.
+pub(crate) fn step<T>(name: &str, r: Result<T>) -> Result<T> {
+    r.map_err(|e| match e {
+        e @ (Error::Invalid { .. }
+        | Error::NotFound(_)
+        | Error::Conflict(_)
+        | Error::Store { .. }
+        | Error::Busy(_)
+        | Error::Failed { .. }) => e,
+        other => Error::failed(name, other),
+    })
+}
+
+/// Settles a connection create (rolled back) or delete (finished).
+fn settle_connection(ctx: &mut Ctx, next: &mut State, pending: &Pending) {
+    let id = pending.target.as_str();
+    let Some(conn) = next.connections.get(id).cloned() else {
+        return;
+    };
+    let project = crate::compose::project_name(&conn.service, Some(id));
+    if let Err(e) = crate::docker::remove_project_by_label(ctx.host, ctx.config, &project) {
+        log::error!("while settling connection {id}: {e}");
+    }
+    let file = service::project_file(ctx.config, &project);
+    if let Err(e) = crate::files::remove_file_if_exists(&file) {
+        log::error!("while settling connection {id}: {e}");
+    }
+    next.connections.remove(id);
+}

@@ -1,0 +1,220 @@
+//! `pic-store reapply` (spec §11): make the running system match the state
+//! file again, at boot or on demand. It settles a pending operation,
+//! ensures the cell network, brings every service up in `requires` order
+//! and then every connection instance (never pulling an image that is
+//! present, so boot works offline), and rebuilds chains, policy routing and
+//! the Caddy file. It carries on past a failing item.
+
+use super::service::project_file;
+use super::{Ctx, Session};
+use crate::compose::Project;
+use crate::docker;
+use crate::error::Result;
+use crate::host::Cmd;
+use crate::state::{State, StateStore};
+use serde::Serialize;
+use std::time::Duration;
+
+#[derive(Debug, Serialize)]
+pub struct Item {
+    pub item: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReapplyReport {
+    pub recovered: Option<String>,
+    pub items: Vec<Item>,
+    pub applied: usize,
+    pub failed: usize,
+}
+
+impl ReapplyReport {
+    pub fn summary(&self) -> String {
+        format!("reapply: {} applied, {} failed", self.applied, self.failed)
+    }
+}
+
+/// The order to start services in: every service after the ones it
+/// requires (ids in order otherwise; a cycle is broken by id order).
+pub fn start_order(state: &State) -> Vec<String> {
+    let mut done: Vec<String> = Vec::new();
+    let mut left: Vec<&String> = state.services.keys().collect();
+    while !left.is_empty() {
+        let ready = left.iter().position(|id| {
+            state.services[*id].manifest.requires.iter().all(|r| {
+                done.iter().any(|d| d == r.as_str()) || !state.services.contains_key(r.as_str())
+            })
+        });
+        let next = left.remove(ready.unwrap_or(0));
+        done.push(next.clone());
+    }
+    done
+}
+
+pub fn reapply(ctx: &mut Ctx, wait: Duration) -> Result<ReapplyReport> {
+    let (session, recovered) = Session::open_recovering(ctx, wait)?;
+    let state = session.state.clone();
+    let mut items = Vec::new();
+    let mut record = |ctx: &mut Ctx, item: String, r: Result<String>| {
+        let (ok, detail) = match r {
+            Ok(d) => (true, d),
+            Err(e) => (false, e.to_string()),
+        };
+        ctx.say(&format!(
+            "{} {item}: {detail}",
+            if ok { "ok  " } else { "FAIL" }
+        ));
+        items.push(Item { item, ok, detail });
+    };
+
+    let net = docker::ensure_network(ctx.host, ctx.config).map(|made| {
+        if made {
+            "created".to_string()
+        } else {
+            "present".to_string()
+        }
+    });
+    record(ctx, format!("network {}", ctx.config.network), net);
+
+    for id in start_order(&state) {
+        let svc = &state.services[&id];
+        if svc.manifest.instanceable {
+            continue;
+        }
+        let name = crate::compose::project_name(&id, None);
+        let project = Project {
+            file: project_file(ctx.config, &name),
+            name,
+        };
+        let r = up_offline(ctx, &project, &svc.manifest.image);
+        record(ctx, format!("service {id}"), r);
+    }
+    for (cid, conn) in &state.connections {
+        let name = crate::compose::project_name(&conn.service, Some(cid));
+        let project = Project {
+            file: project_file(ctx.config, &name),
+            name,
+        };
+        let image = state
+            .services
+            .get(&conn.service)
+            .map(|s| s.manifest.image.clone())
+            .unwrap_or_default();
+        let r = up_offline(ctx, &project, &image);
+        record(ctx, format!("connection {cid}"), r);
+    }
+    match crate::net::apply_all(ctx.host, ctx.config, &state) {
+        Ok(report) => {
+            for (part, r) in report.parts() {
+                record(
+                    ctx,
+                    part,
+                    r.map_err(|e| crate::error::Error::failed("apply", e)),
+                );
+            }
+            for w in report.warnings() {
+                ctx.say(&format!("warning: {w}"));
+            }
+        }
+        Err(e) => record(ctx, "network rules".into(), Err(e)),
+    }
+    drop(session);
+    let failed = items.iter().filter(|i| !i.ok).count();
+    Ok(ReapplyReport {
+        recovered,
+        applied: items.len() - failed,
+        failed,
+        items,
+    })
+}
+
+/// `compose up -d` that pulls nothing when the image is present, and names
+/// the image when it is missing and cannot be pulled.
+fn up_offline(ctx: &mut Ctx, project: &Project, image: &str) -> Result<String> {
+    if !project.file.exists() {
+        return Err(crate::error::Error::failed(
+            "start",
+            format!(
+                "its compose file {} is missing; run `pic-store update` or reinstall",
+                project.file.display()
+            ),
+        ));
+    }
+    super::service::guard_binds(ctx.config, &project.file)?;
+    let present = docker::image_present(ctx.host, ctx.config, image)?;
+    let cmd: Cmd = crate::compose::compose_cmd(ctx.config, project)
+        .args(["up", "-d", "--remove-orphans", "--pull", "missing"])
+        .timeout(Duration::from_secs(10 * 60));
+    let host = ctx.host;
+    match host.run_with_progress(&cmd, &mut *ctx.progress) {
+        Ok(_) => Ok(if present {
+            "up".into()
+        } else {
+            format!("up (pulled {image})")
+        }),
+        Err(e) if !present => Err(crate::error::Error::failed(
+            "start",
+            format!("image {image} is missing and could not be pulled: {e}"),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// What `reapply --dry-run` found; changes nothing.
+#[derive(Debug, Serialize)]
+pub struct DryRun {
+    pub drift: Vec<String>,
+    pub ruleset: String,
+    pub ip_batch: String,
+    pub caddyfile: String,
+}
+
+pub fn dry_run(ctx: &mut Ctx) -> Result<DryRun> {
+    let state = StateStore::new(&ctx.config.state_dir).read()?;
+    let mut drift = Vec::new();
+    if let Some(p) = &state.pending {
+        drift.push(format!(
+            "a {:?} of {} is pending and would be settled",
+            p.op, p.target
+        ));
+    }
+    for (id, svc) in &state.services {
+        if svc.manifest.instanceable {
+            continue;
+        }
+        let name = crate::compose::project_name(id, None);
+        drift.extend(project_drift(ctx, &format!("service {id}"), &name)?);
+    }
+    for (cid, conn) in &state.connections {
+        let name = crate::compose::project_name(&conn.service, Some(cid));
+        drift.extend(project_drift(ctx, &format!("connection {cid}"), &name)?);
+    }
+    let net = crate::net::dry_run(ctx.host, ctx.config, &state);
+    drift.extend(net.drift.iter().cloned());
+    Ok(DryRun {
+        drift,
+        ruleset: net.ruleset,
+        ip_batch: net.ip_batch,
+        caddyfile: net.caddyfile,
+    })
+}
+
+fn project_drift(ctx: &mut Ctx, what: &str, project: &str) -> Result<Vec<String>> {
+    let file = project_file(ctx.config, project);
+    let mut out = Vec::new();
+    if !file.exists() {
+        out.push(format!(
+            "{what}: compose file {} is missing",
+            file.display()
+        ));
+    }
+    let running = docker::running_containers(ctx.host, ctx.config, project)?;
+    if running.is_empty() {
+        out.push(format!(
+            "{what}: no container of project {project} is running"
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,705 @@
+//! Install, remove and update of store services (spec §8), each a
+//! transaction: checks first, `pending` before the first side effect, and
+//! every completed step undone in reverse when a later one fails.
+
+use super::{step, Ctx, Session};
+use crate::compose::{self, CheckContext, InstanceCtx, Project, Vars};
+use crate::config::Config;
+use crate::docker;
+use crate::error::{Error, Result};
+use crate::files;
+use crate::host::Host;
+use crate::ids::ServiceId;
+use crate::manifest::{self, Rules, ValidManifest, VerificationMode};
+use crate::state::{InstalledService, PendingOp, State};
+use serde::Serialize;
+use serde_json::json;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const UP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+const DOWN_TIMEOUT: Duration = Duration::from_secs(3 * 60);
+const HOOK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+const COSIGN_TIMEOUT: Duration = Duration::from_secs(2 * 60);
+
+#[derive(Debug, Serialize)]
+pub struct InstallOutcome {
+    pub id: String,
+    pub already_installed: bool,
+    pub version: String,
+    pub ip: Option<Ipv4Addr>,
+    pub image_digest: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RemoveOutcome {
+    pub id: String,
+    pub purged: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpdateOutcome {
+    pub id: String,
+    pub updated: bool,
+    pub from_version: String,
+    pub to_version: String,
+    pub warnings: Vec<String>,
+}
+
+/// A step to take back when a later step fails.
+enum Undo {
+    /// `docker compose down` of a project brought up by this operation.
+    Down(Project),
+    /// `docker compose up -d` of the project file as it was before.
+    Restore(Project),
+    RemoveFile(PathBuf),
+    RemoveDir(PathBuf),
+    /// Re-program firewall, routes and Caddy for this (the old) state.
+    Network(Box<State>),
+}
+
+fn undo_all(ctx: &mut Ctx, undo: Vec<Undo>) {
+    for u in undo.into_iter().rev() {
+        let r = match &u {
+            Undo::Down(p) => compose_down(ctx.host, ctx.config, p, Volumes::Remove),
+            Undo::Restore(p) => compose_up(ctx, p).map(|_| ()),
+            Undo::RemoveFile(f) => files::remove_file_if_exists(f),
+            Undo::RemoveDir(d) => files::remove_dir_all_if_exists(d),
+            Undo::Network(s) => crate::net::apply_all(ctx.host, ctx.config, s).map(|_| ()),
+        };
+        if let Err(e) = r {
+            log::error!("undo failed: {e}");
+        }
+    }
+}
+
+/// Whether `compose down` also removes the project's named volumes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Volumes {
+    Keep,
+    Remove,
+}
+
+pub(crate) fn project_file(config: &Config, project: &str) -> PathBuf {
+    config.compose_dir().join(format!("{project}.json"))
+}
+
+pub(crate) fn data_dir(config: &Config, id: &str) -> PathBuf {
+    config.data_root().join(id)
+}
+
+pub(crate) fn compose_down(
+    host: &dyn Host,
+    config: &Config,
+    project: &Project,
+    volumes: Volumes,
+) -> Result<()> {
+    if !project.file.exists() {
+        return docker::remove_project_by_label(host, config, &project.name);
+    }
+    let mut cmd = compose::compose_cmd(config, project)
+        .args(["--profile", "*", "down", "--remove-orphans"])
+        .timeout(DOWN_TIMEOUT);
+    if volumes == Volumes::Remove {
+        cmd = cmd.arg("--volumes");
+    }
+    host.run(&cmd).map(|_| ())
+}
+
+pub(crate) fn compose_up(ctx: &mut Ctx, project: &Project) -> Result<()> {
+    guard_binds(ctx.config, &project.file)?;
+    let cmd = compose::compose_cmd(ctx.config, project)
+        .args(["up", "-d", "--remove-orphans", "--pull", "missing"])
+        .timeout(UP_TIMEOUT);
+    let host = ctx.host;
+    host.run_with_progress(&cmd, &mut *ctx.progress).map(|_| ())
+}
+
+/// Refuses to bring a project up when one of its bind sources under the
+/// data folders is, or passes through, a symlink: a container could plant
+/// one in its own data folder to reach the host at the next `up`, which
+/// docker would follow.
+pub(crate) fn guard_binds(config: &Config, file: &Path) -> Result<()> {
+    let bytes = files::read(file)?;
+    let doc: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::failed(format!("read {}", file.display()), e))?;
+    let root = config.data_root();
+    for src in compose::bind_sources(&doc) {
+        let norm = PathBuf::from(manifest::normalize_path(&src.to_string_lossy()));
+        let Ok(rest) = norm.strip_prefix(&root) else {
+            continue;
+        };
+        let mut p = root.clone();
+        for part in rest.components() {
+            p.push(part);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(Error::failed(
+                        "bind mount check",
+                        format!(
+                            "{} is a symlink inside a data folder; refusing to mount {}",
+                            p.display(),
+                            src.display()
+                        ),
+                    ))
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn compose_pull(ctx: &mut Ctx, project: &Project) -> Result<()> {
+    let cmd = compose::compose_cmd(ctx.config, project)
+        .args(["pull"])
+        .timeout(PULL_TIMEOUT);
+    let host = ctx.host;
+    host.run_with_progress(&cmd, &mut *ctx.progress).map(|_| ())
+}
+
+fn rules<'a>(config: &'a Config, state: &State, id: &str) -> Rules<'a> {
+    Rules {
+        image_registry: &config.image_registry,
+        cell_dir: &config.cell_dir,
+        state_dir: &config.state_dir,
+        verification: state.settings.image_verification_mode,
+        taken: state.taken_names(id),
+    }
+}
+
+/// Fetches and validates the store's current manifest of `id`.
+fn fetch_manifest(
+    ctx: &mut Ctx,
+    state: &State,
+    id: &ServiceId,
+) -> Result<(ValidManifest, Vec<String>)> {
+    ctx.say(&format!("{id}: fetching manifest"));
+    let raw = ctx.store.manifest(id)?;
+    let (valid, report) = manifest::validate(&raw, &rules(ctx.config, state, id.as_str()));
+    for w in &report.warnings {
+        log::warn!("{id}: manifest: {w}");
+    }
+    match valid {
+        Some(m) => Ok((m, report.warnings)),
+        None => Err(Error::invalid(format!("manifest of {id}"), report.errors)),
+    }
+}
+
+fn check_requires(state: &State, m: &ValidManifest) -> Result<()> {
+    let missing: Vec<&str> = m
+        .requires
+        .iter()
+        .map(ServiceId::as_str)
+        .filter(|r| !state.services.contains_key(*r))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Conflict(format!(
+        "{} requires {}, which {} not installed",
+        m.id,
+        missing.join(", "),
+        if missing.len() == 1 { "is" } else { "are" }
+    )))
+}
+
+/// The lowest pool address that neither the state nor a container on the
+/// cell network holds.
+fn allocate_ip(ctx: &mut Ctx, state: &State) -> Result<Ipv4Addr> {
+    let on_network = docker::network_ips(ctx.host, ctx.config)?;
+    let in_state: Vec<Ipv4Addr> = state
+        .services
+        .values()
+        .filter_map(|s| s.ip)
+        .chain(state.connections.values().map(|c| c.ip))
+        .collect();
+    ctx.config
+        .service_pool
+        .iter()
+        .find(|ip| !in_state.contains(ip) && !on_network.contains(ip))
+        .ok_or_else(|| {
+            Error::Conflict(format!(
+                "no free address left in the service pool {}",
+                ctx.config.service_pool
+            ))
+        })
+}
+
+/// Renders and checks the template. An instanceable service's template is
+/// checked with sample instance values, so a broken one is refused at
+/// install rather than at its first connection.
+fn prepare_doc(
+    ctx: &mut Ctx,
+    m: &ValidManifest,
+    template: &str,
+    ip: Option<Ipv4Addr>,
+) -> Result<(String, serde_json::Value)> {
+    let project = compose::project_name(m.id.as_str(), None);
+    let (vars, ip, instance) = match ip {
+        Some(ip) => (Vars::for_service(m, ip, ctx.config), ip, None),
+        None => {
+            let ip = ctx.config.service_pool.first;
+            let sample = sample_instance();
+            let vars = Vars::for_instance(
+                m,
+                &sample.0,
+                ip,
+                sample.1,
+                sample.2,
+                sample.3,
+                &Default::default(),
+                ctx.config,
+            );
+            let instance = InstanceCtx {
+                id: sample.0.clone(),
+                redirect_port: sample.1,
+            };
+            (vars, ip, Some(instance))
+        }
+    };
+    let rendered = compose::render(template, &vars)?;
+    let cctx = CheckContext {
+        manifest: m,
+        config: ctx.config,
+        data_dir: vars.data_dir().to_path_buf(),
+        service_ip: ip,
+        instance,
+    };
+    let doc = compose::prepare(ctx.host, ctx.config, &project, &rendered, &cctx)?;
+    Ok((project, doc))
+}
+
+/// Instance values used to check an instanceable service's template.
+pub(crate) fn sample_instance() -> (String, u16, u32, u32) {
+    ("check".to_string(), 12000, 0x100, 100)
+}
+
+/// Checks the pulled image against the manifest's pin and, when a key is
+/// configured, its cosign signature. Returns the matching repo digest.
+fn verify_image(
+    ctx: &mut Ctx,
+    m: &ValidManifest,
+    mode: VerificationMode,
+    warnings: &mut Vec<String>,
+) -> Result<Option<String>> {
+    let digests = docker::repo_digests(ctx.host, ctx.config, &m.image)?;
+    let (repo, pin) = split_pin(&m.image);
+    let found = digests
+        .iter()
+        .find(|d| d.split_once('@').map(|(_, h)| h) == pin)
+        .cloned();
+    let digest = match (pin, &found) {
+        (Some(_), Some(d)) => d.split_once('@').map(|(_, h)| h.to_string()),
+        (Some(p), None) => {
+            return Err(Error::failed(
+                "image check",
+                format!(
+                    "the pulled image {repo} has digests [{}], not the pinned {p}",
+                    digests.join(", ")
+                ),
+            ))
+        }
+        (None, _) => {
+            let msg = format!("{} is not pinned by digest", m.image);
+            if mode == VerificationMode::Enforce {
+                return Err(Error::failed("image check", msg));
+            }
+            if mode == VerificationMode::Warn {
+                log::warn!("{}: {msg}", m.id);
+                warnings.push(msg);
+            }
+            digests
+                .first()
+                .and_then(|d| d.split_once('@'))
+                .map(|(_, h)| h.to_string())
+        }
+    };
+    if let Some(key) = &ctx.config.cosign_key {
+        if mode != VerificationMode::Off {
+            let cmd = crate::host::Cmd::new(&ctx.config.cosign)
+                .args(["verify", "--key"])
+                .arg(key.display().to_string())
+                .arg(&m.image)
+                .timeout(COSIGN_TIMEOUT);
+            if let Err(e) = ctx.host.run(&cmd) {
+                if mode == VerificationMode::Enforce {
+                    return Err(Error::failed("signature check", e));
+                }
+                let msg = format!("signature check of {} failed: {e}", m.image);
+                log::warn!("{}: {msg}", m.id);
+                warnings.push(msg);
+            } else {
+                ctx.say(&format!("{}: signature verified", m.id));
+            }
+        }
+    }
+    Ok(digest)
+}
+
+/// Splits `REPO[:TAG][@sha256:HEX]` into the part before `@` and the pin.
+fn split_pin(image: &str) -> (&str, Option<&str>) {
+    match image.split_once('@') {
+        Some((repo, pin)) => (repo, Some(pin)),
+        None => (image, None),
+    }
+}
+
+pub fn install(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<InstallOutcome> {
+    let mut session = Session::open(ctx, wait)?;
+    if let Some(rec) = session.state.services.get(id.as_str()) {
+        return Ok(InstallOutcome {
+            id: id.to_string(),
+            already_installed: true,
+            version: rec.manifest.version.clone(),
+            ip: rec.ip,
+            image_digest: rec.image_digest.clone(),
+            warnings: Vec::new(),
+        });
+    }
+    let state = session.state.clone();
+    let (m, mut warnings) = fetch_manifest(ctx, &state, id)?;
+    check_requires(&state, &m)?;
+    let template = ctx.store.template(id)?;
+    let ip = if m.instanceable {
+        None
+    } else {
+        Some(step("allocate an address", allocate_ip(ctx, &state))?)
+    };
+    ctx.say(&format!("{id}: checking the compose template"));
+    let (project_name, doc) = prepare_doc(ctx, &m, &template, ip)?;
+    let project = Project {
+        name: project_name.clone(),
+        file: project_file(ctx.config, &project_name),
+    };
+    let data = data_dir(ctx.config, id.as_str());
+    let made_data = !data.exists();
+    session.begin(
+        PendingOp::Install,
+        id.as_str(),
+        json!({"project": project_name, "made_data_dir": made_data}),
+    )?;
+
+    let mut undo = Vec::new();
+    let result = install_steps(
+        ctx,
+        &m,
+        &template,
+        ip,
+        &doc,
+        &project,
+        &data,
+        &mut undo,
+        &mut warnings,
+        &state,
+    );
+    match result {
+        Ok(next) => {
+            session.finish(next)?;
+            ctx.say(&format!("{id}: installed version {}", m.version));
+            let rec = &session.state.services[id.as_str()];
+            Ok(InstallOutcome {
+                id: id.to_string(),
+                already_installed: false,
+                version: m.version.clone(),
+                ip,
+                image_digest: rec.image_digest.clone(),
+                warnings,
+            })
+        }
+        Err(e) => {
+            ctx.say(&format!("{id}: install failed, undoing: {e}"));
+            undo_all(ctx, undo);
+            session.abandon()?;
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn install_steps(
+    ctx: &mut Ctx,
+    m: &ValidManifest,
+    template: &str,
+    ip: Option<Ipv4Addr>,
+    doc: &serde_json::Value,
+    project: &Project,
+    data: &Path,
+    undo: &mut Vec<Undo>,
+    warnings: &mut Vec<String>,
+    old: &State,
+) -> Result<State> {
+    let id = m.id.as_str();
+    step(
+        "create the docker network",
+        docker::ensure_network(ctx.host, ctx.config),
+    )?;
+    if !data.exists() {
+        step("create the data folder", files::create_dir_all(data))?;
+        undo.push(Undo::RemoveDir(data.to_path_buf()));
+    }
+    undo.push(Undo::RemoveFile(project.file.clone()));
+    step(
+        "write the compose file",
+        compose::write_checked(ctx.config, &project.name, doc),
+    )?;
+    ctx.say(&format!("{id}: pulling {}", m.image));
+    step("pull", compose_pull(ctx, project))?;
+    let mode = old.settings.image_verification_mode;
+    let digest = verify_image(ctx, m, mode, warnings)?;
+    if m.instanceable {
+        // Its containers are made per connection.
+        files::remove_file_if_exists(&project.file)?;
+    } else {
+        undo.push(Undo::Down(project.clone()));
+        ctx.say(&format!("{id}: starting"));
+        step("docker compose up", compose_up(ctx, project))?;
+        if let Some(hook) = &m.provision_hook {
+            ctx.say(&format!("{id}: running the provision hook"));
+            let host = ctx.host;
+            step(
+                "provision hook",
+                docker::exec(
+                    host,
+                    ctx.config,
+                    &m.container_name,
+                    hook,
+                    HOOK_TIMEOUT,
+                    &mut *ctx.progress,
+                ),
+            )?;
+        }
+    }
+    let mut next = old.clone();
+    next.services.insert(
+        id.to_string(),
+        InstalledService {
+            manifest: m.get().clone(),
+            ip,
+            installed_at: files::now_unix(),
+            image_digest: digest,
+            template: m.instanceable.then(|| template.to_string()),
+        },
+    );
+    undo.push(Undo::Network(Box::new(old.clone())));
+    step(
+        "program firewall, routes and Caddy",
+        apply_network(ctx, &next),
+    )?;
+    Ok(next)
+}
+
+/// Programs the network for `state`; a Caddy reload failure is reported,
+/// not fatal.
+pub(crate) fn apply_network(ctx: &mut Ctx, state: &State) -> Result<()> {
+    let report = crate::net::apply_all(ctx.host, ctx.config, state)?;
+    for line in report.problems() {
+        ctx.say(&line);
+    }
+    report.fatal()
+}
+
+pub fn remove(ctx: &mut Ctx, id: &ServiceId, purge: bool, wait: Duration) -> Result<RemoveOutcome> {
+    let mut session = Session::open(ctx, wait)?;
+    let state = session.state.clone();
+    let Some(rec) = state.services.get(id.as_str()) else {
+        return Err(Error::NotFound(format!("{id} is not installed")));
+    };
+    let dependents: Vec<&str> = state
+        .services
+        .iter()
+        .filter(|(_, s)| s.manifest.requires.iter().any(|r| r == id))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if !dependents.is_empty() {
+        return Err(Error::Conflict(format!(
+            "{id} is required by {}; remove {} first",
+            dependents.join(", "),
+            if dependents.len() == 1 { "it" } else { "them" }
+        )));
+    }
+    let users: Vec<&str> = state
+        .connections
+        .iter()
+        .filter(|(_, c)| c.service == id.as_str())
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if rec.manifest.instanceable && !users.is_empty() {
+        return Err(Error::Conflict(format!(
+            "{id} has connections {}; delete them first",
+            users.join(", ")
+        )));
+    }
+    session.begin(PendingOp::Remove, id.as_str(), json!({"purge": purge}))?;
+    match remove_steps(ctx, &state, id.as_str(), purge) {
+        Ok(next) => {
+            session.finish(next)?;
+            ctx.say(&format!("{id}: removed"));
+            Ok(RemoveOutcome {
+                id: id.to_string(),
+                purged: purge,
+            })
+        }
+        Err(e) => {
+            // The record stays: the service is still installed, and a
+            // reapply brings back whatever was stopped.
+            session.abandon()?;
+            Err(e)
+        }
+    }
+}
+
+/// The steps of a remove; each is idempotent, so a remove left by a dead
+/// process is finished by running them again.
+pub(crate) fn remove_steps(ctx: &mut Ctx, state: &State, id: &str, purge: bool) -> Result<State> {
+    let project_name = compose::project_name(id, None);
+    let project = Project {
+        file: project_file(ctx.config, &project_name),
+        name: project_name,
+    };
+    let volumes = if purge {
+        Volumes::Remove
+    } else {
+        Volumes::Keep
+    };
+    step(
+        "docker compose down",
+        compose_down(ctx.host, ctx.config, &project, volumes),
+    )?;
+    files::remove_file_if_exists(&project.file)?;
+    if purge {
+        step(
+            "delete the data folder",
+            files::remove_dir_all_if_exists(&data_dir(ctx.config, id)),
+        )?;
+    }
+    let mut next = state.clone();
+    next.services.remove(id);
+    next.egress.remove(id);
+    step(
+        "clear firewall, routes and Caddy",
+        apply_network(ctx, &next),
+    )?;
+    Ok(next)
+}
+
+pub fn update(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<UpdateOutcome> {
+    let mut session = Session::open(ctx, wait)?;
+    let state = session.state.clone();
+    let Some(old) = state.services.get(id.as_str()).cloned() else {
+        return Err(Error::NotFound(format!("{id} is not installed")));
+    };
+    let (m, mut warnings) = fetch_manifest(ctx, &state, id)?;
+    let from_version = old.manifest.version.clone();
+    if m.version == old.manifest.version && m.image == old.manifest.image {
+        ctx.say(&format!("{id}: already at version {}", m.version));
+        return Ok(UpdateOutcome {
+            id: id.to_string(),
+            updated: false,
+            from_version: from_version.clone(),
+            to_version: from_version,
+            warnings,
+        });
+    }
+    check_requires(&state, &m)?;
+    let template = ctx.store.template(id)?;
+    ctx.say(&format!(
+        "{id}: checking the compose template of {}",
+        m.version
+    ));
+    let (project_name, doc) = prepare_doc(ctx, &m, &template, old.ip)?;
+    let project = Project {
+        name: project_name.clone(),
+        file: project_file(ctx.config, &project_name),
+    };
+    let old_doc = files::read_optional(&project.file)?
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    session.begin(
+        PendingOp::Update,
+        id.as_str(),
+        json!({"project": project_name, "old_doc": old_doc}),
+    )?;
+    let new_file = config_new_file(ctx.config, &project_name);
+    let new_project = Project {
+        name: project_name.clone(),
+        file: new_file.clone(),
+    };
+    let mut undo = vec![Undo::RemoveFile(new_file.clone())];
+    let result = (|| -> Result<State> {
+        let bytes = serde_json::to_vec_pretty(&doc)
+            .map_err(|e| Error::failed("write the compose file", e))?;
+        step(
+            "write the compose file",
+            files::write_atomic(&new_file, &bytes, 0o600),
+        )?;
+        ctx.say(&format!("{id}: pulling {}", m.image));
+        step("pull", compose_pull(ctx, &new_project))?;
+        let digest = verify_image(
+            ctx,
+            &m,
+            state.settings.image_verification_mode,
+            &mut warnings,
+        )?;
+        if !m.instanceable {
+            if old_doc.is_some() {
+                undo.push(Undo::Restore(project.clone()));
+            }
+            ctx.say(&format!("{id}: starting version {}", m.version));
+            step("docker compose up", compose_up(ctx, &new_project))?;
+        }
+        let mut next = state.clone();
+        next.services.insert(
+            id.to_string(),
+            InstalledService {
+                manifest: m.get().clone(),
+                ip: old.ip,
+                installed_at: files::now_unix(),
+                image_digest: digest,
+                template: m.instanceable.then(|| template.clone()),
+            },
+        );
+        undo.push(Undo::Network(Box::new(state.clone())));
+        step(
+            "program firewall, routes and Caddy",
+            apply_network(ctx, &next),
+        )?;
+        if m.instanceable {
+            files::remove_file_if_exists(&new_file)?;
+        } else {
+            files::rename(&new_file, &project.file)?;
+        }
+        Ok(next)
+    })();
+    match result {
+        Ok(next) => {
+            session.finish(next)?;
+            ctx.say(&format!(
+                "{id}: updated from {from_version} to {}",
+                m.version
+            ));
+            Ok(UpdateOutcome {
+                id: id.to_string(),
+                updated: true,
+                from_version,
+                to_version: m.version.clone(),
+                warnings,
+            })
+        }
+        Err(e) => {
+            ctx.say(&format!(
+                "{id}: update failed, restoring {from_version}: {e}"
+            ));
+            undo_all(ctx, undo);
+            session.abandon()?;
+            Err(e)
+        }
+    }
+}
+
+pub(crate) fn config_new_file(config: &Config, project: &str) -> PathBuf {
+    config.compose_dir().join(format!("{project}.new.json"))
+}
