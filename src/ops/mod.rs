@@ -5,10 +5,15 @@
 //! and whoever takes the lock next settles a `pending` left by a process
 //! that died (see [`settle`]).
 
+mod connection;
 mod reapply;
 mod service;
 mod settle;
 
+pub use connection::{
+    connection_add, connection_remove, egress_clear, egress_set, peer_route, peer_unroute,
+    set_verification_mode, ConnectionOutcome,
+};
 pub use reapply::{dry_run, reapply, start_order, DryRun, ReapplyReport};
 pub use service::{install, remove, update, InstallOutcome, RemoveOutcome, UpdateOutcome};
 pub use settle::settle;
