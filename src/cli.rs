@@ -7,8 +7,9 @@ use crate::error::{Error, Result};
 use crate::host::RealHost;
 use crate::ids::ServiceId;
 use crate::ops::{self, Ctx};
-use crate::state::CLI_LOCK_WAIT;
+use crate::state::{StateStore, CLI_LOCK_WAIT};
 use crate::store::StoreClient;
+use serde_json::json;
 
 pub const USAGE: &str = "\
 pic-store — the service store manager of a Personal Internet Cell
@@ -214,7 +215,10 @@ fn dispatch(config: &Config, cmd: &str, rest: &[&str]) -> Result<i32> {
                 Ok(if r.failed == 0 { 0 } else { 1 })
             })
         }
-        "serve" | "connection" | "peer" | "egress" => Err(not_yet(cmd)),
+        "connection" => connection(config, rest),
+        "peer" => peer(config, rest),
+        "egress" => egress(config, rest),
+        "serve" => Err(not_yet(cmd)),
         _ => Err(Error::Usage(format!("unknown command {cmd:?}"))),
     }
 }
@@ -235,6 +239,152 @@ fn with_ctx(config: &Config, op: impl FnOnce(&mut Ctx) -> Result<i32>) -> Result
         progress: &mut progress,
     };
     op(&mut ctx)
+}
+
+fn connection(config: &Config, rest: &[&str]) -> Result<i32> {
+    match rest {
+        ["add", args @ ..] => {
+            let w = Words::parse("connection add", args, &[])?;
+            let [service, name, settings @ ..] = w.positional.as_slice() else {
+                return Err(Error::Usage(
+                    "connection add takes SERVICE NAME [KEY=VALUE...]".into(),
+                ));
+            };
+            let service = ServiceId::parse(service)?;
+            let name = ServiceId::parse(name)?;
+            let env = parse_settings(settings)?;
+            with_ctx(config, |ctx| {
+                let c = ops::connection_add(ctx, &service, &name, env, CLI_LOCK_WAIT)?;
+                println!(
+                    "connection {} of {} is up: mark {:#x}, table {}, port {}, address {}",
+                    c.id, c.service, c.fwmark, c.table, c.port, c.ip
+                );
+                Ok(0)
+            })
+        }
+        ["remove", args @ ..] => {
+            let w = Words::parse("connection remove", args, &[])?;
+            w.exactly("connection remove", &["NAME"])?;
+            let id = ServiceId::parse(w.positional[0])?;
+            with_ctx(config, |ctx| {
+                ops::connection_remove(ctx, &id, CLI_LOCK_WAIT)?;
+                println!("connection {id} deleted");
+                Ok(0)
+            })
+        }
+        ["list", args @ ..] => {
+            let w = Words::parse("connection list", args, &["--json"])?;
+            w.exactly("connection list", &[])?;
+            let state = StateStore::new(&config.state_dir).read()?;
+            if w.has("--json") {
+                println!("{}", json!(state.connections));
+                return Ok(0);
+            }
+            println!(
+                "{:<24} {:<20} {:<7} {:<6} {:<6} ADDRESS",
+                "NAME", "SERVICE", "MARK", "TABLE", "PORT"
+            );
+            for (id, c) in &state.connections {
+                println!(
+                    "{id:<24} {:<20} {:<7} {:<6} {:<6} {}",
+                    c.service,
+                    format!("{:#x}", c.fwmark),
+                    c.table,
+                    c.port,
+                    c.ip
+                );
+            }
+            Ok(0)
+        }
+        _ => Err(Error::Usage("connection takes add, remove or list".into())),
+    }
+}
+
+fn peer(config: &Config, rest: &[&str]) -> Result<i32> {
+    match rest {
+        ["route", args @ ..] => {
+            let w = Words::parse("peer route", args, &[])?;
+            w.exactly("peer route", &["PEER_IP", "CONNECTION"])?;
+            let peer = ops::parse_peer(w.positional[0])?;
+            let conn = ServiceId::parse(w.positional[1])?;
+            with_ctx(config, |ctx| {
+                ops::peer_route(ctx, peer, &conn, CLI_LOCK_WAIT)?;
+                println!("peer {peer} routed through {conn}");
+                Ok(0)
+            })
+        }
+        ["unroute", args @ ..] => {
+            let w = Words::parse("peer unroute", args, &[])?;
+            w.exactly("peer unroute", &["PEER_IP"])?;
+            let peer = ops::parse_peer(w.positional[0])?;
+            with_ctx(config, |ctx| {
+                let had = ops::peer_unroute(ctx, peer, CLI_LOCK_WAIT)?;
+                if had {
+                    println!("peer {peer} is back on the default route");
+                } else {
+                    println!("peer {peer} had no route");
+                }
+                Ok(0)
+            })
+        }
+        ["list", args @ ..] => {
+            let w = Words::parse("peer list", args, &["--json"])?;
+            w.exactly("peer list", &[])?;
+            let state = StateStore::new(&config.state_dir).read()?;
+            if w.has("--json") {
+                println!("{}", json!(state.peer_routes));
+                return Ok(0);
+            }
+            println!("{:<18} CONNECTION", "PEER");
+            for (p, c) in &state.peer_routes {
+                println!("{p:<18} {c}");
+            }
+            Ok(0)
+        }
+        _ => Err(Error::Usage("peer takes route, unroute or list".into())),
+    }
+}
+
+fn egress(config: &Config, rest: &[&str]) -> Result<i32> {
+    match rest {
+        ["set", args @ ..] => {
+            let w = Words::parse("egress set", args, &[])?;
+            w.exactly("egress set", &["SERVICE", "CONNECTION"])?;
+            let service = ServiceId::parse(w.positional[0])?;
+            let conn = ServiceId::parse(w.positional[1])?;
+            with_ctx(config, |ctx| {
+                ops::egress_set(ctx, &service, &conn, CLI_LOCK_WAIT)?;
+                println!("{service}: outbound traffic goes through {conn}");
+                Ok(0)
+            })
+        }
+        ["clear", args @ ..] => {
+            let w = Words::parse("egress clear", args, &[])?;
+            w.exactly("egress clear", &["SERVICE"])?;
+            let service = ServiceId::parse(w.positional[0])?;
+            with_ctx(config, |ctx| {
+                ops::egress_clear(ctx, &service, CLI_LOCK_WAIT)?;
+                println!("{service}: outbound traffic on the default route");
+                Ok(0)
+            })
+        }
+        _ => Err(Error::Usage("egress takes set or clear".into())),
+    }
+}
+
+/// `KEY=VALUE` words of `connection add`; the values are checked against
+/// the manifest by the operation.
+fn parse_settings(words: &[&str]) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut env = std::collections::BTreeMap::new();
+    for w in words {
+        let Some((k, v)) = w.split_once('=') else {
+            return Err(Error::Usage(format!("{w:?} is not KEY=VALUE")));
+        };
+        if env.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(Error::Usage(format!("{k} is given twice")));
+        }
+    }
+    Ok(env)
 }
 
 /// Boot may find `serve` settling a pending operation: wait longer.

@@ -1382,25 +1382,29 @@ fn check_env_value(obj: &Map<String, Value>, label: &str, r: &mut Report) -> Opt
         return None;
     };
     let value = as_str(v, label, r)?;
-    if value.len() > MAX_ENV_VALUE_BYTES {
-        r.error(
-            label,
-            format!("{} is longer than {MAX_ENV_VALUE_BYTES} bytes", q(value)),
-        );
-        return None;
-    }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || "._@:/+-= ".contains(c);
-    if let Some(bad) = value.chars().find(|&c| !allowed(c)) {
-        r.error(
-            label,
-            format!(
-                "{} holds {bad:?}; only letters, digits, space and . _ @ : / + - = are allowed",
-                q(value)
-            ),
-        );
+    if let Some(problem) = env_value_problem(value) {
+        r.error(label, problem);
         return None;
     }
     Some(value.to_string())
+}
+
+/// Why `value` is not a safe env value (rule 8), or `None`. Also used for
+/// the values a person gives a connection.
+pub fn env_value_problem(value: &str) -> Option<String> {
+    if value.len() > MAX_ENV_VALUE_BYTES {
+        return Some(format!(
+            "{} is longer than {MAX_ENV_VALUE_BYTES} bytes",
+            q(value)
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._@:/+-= ".contains(c);
+    value.chars().find(|&c| !allowed(c)).map(|bad| {
+        format!(
+            "{} holds {bad:?}; only letters, digits, space and . _ @ : / + - = are allowed",
+            q(value)
+        )
+    })
 }
 
 // ---------------------------------------------------------------------------

@@ -1,14 +1,29 @@
 //! Connection instances of instanceable connectivity services, peer routes
-//! and service egress (spec §9, §10).
+//! and service egress (spec §9, §10). A connection is one compose project
+//! `pic-<service>-<name>` with its own firewall mark, routing table,
+//! redirect port and pool address; create and delete are transactions like
+//! install and remove.
 
-use super::Ctx;
+use super::service::{
+    allocate_ip, apply_network, compose_down, compose_up, project_file, undo_all, Undo, Volumes,
+};
+use super::{step, Ctx, Session};
+use crate::compose::{self, CheckContext, InstanceCtx, Project, Vars};
 use crate::error::{Error, Result};
+use crate::files;
+use crate::host::Cmd;
 use crate::ids::ServiceId;
-use crate::manifest::VerificationMode;
+use crate::manifest::{self, VerificationMode};
+use crate::state::{Connection, Pending, PendingOp, State};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
+
+pub const FWMARKS: std::ops::RangeInclusive<u32> = 0x100..=0x1ff;
+pub const TABLES: std::ops::RangeInclusive<u32> = 100..=199;
+pub const PORTS: std::ops::RangeInclusive<u16> = 12000..=12999;
 
 #[derive(Debug, Serialize)]
 pub struct ConnectionOutcome {
@@ -20,58 +35,431 @@ pub struct ConnectionOutcome {
     pub ip: Ipv4Addr,
 }
 
-pub fn connection_add(
-    _ctx: &mut Ctx,
-    _service: &ServiceId,
-    _name: &ServiceId,
-    _env: BTreeMap<String, String>,
-    _wait: Duration,
-) -> Result<ConnectionOutcome> {
-    Err(Error::failed(
-        "connection add",
-        "not available in this build",
-    ))
+/// The values a new connection gets: each the lowest free one.
+struct Allocation {
+    fwmark: u32,
+    table: u32,
+    port: u16,
+    ip: Ipv4Addr,
 }
 
-pub fn connection_remove(_ctx: &mut Ctx, _id: &ServiceId, _wait: Duration) -> Result<()> {
-    Err(Error::failed(
-        "connection remove",
-        "not available in this build",
-    ))
+fn project_in(ctx: &Ctx, service: &str, id: &str) -> Project {
+    let name = compose::project_name(service, Some(id));
+    Project {
+        file: project_file(ctx.config, &name),
+        name,
+    }
+}
+
+/// Marks and tables in use on the host (any `ip rule`), read once.
+fn host_marks_and_tables(ctx: &Ctx) -> Result<(BTreeSet<u32>, BTreeSet<u32>)> {
+    let out = ctx.host.run(
+        &Cmd::new(&ctx.config.ip)
+            .args(["rule", "show"])
+            .timeout(Duration::from_secs(30)),
+    )?;
+    Ok(crate::net::routing::used_marks_and_tables(&out.stdout))
+}
+
+/// Whether a TCP port can be bound here, i.e. nothing listens on it.
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+}
+
+fn allocate(ctx: &mut Ctx, state: &State) -> Result<Allocation> {
+    let (host_marks, host_tables) = host_marks_and_tables(ctx)?;
+    let conns: Vec<&Connection> = state.connections.values().collect();
+    let fwmark = FWMARKS
+        .clone()
+        .find(|m| !host_marks.contains(m) && !conns.iter().any(|c| c.fwmark == *m))
+        .ok_or_else(|| Error::Conflict("no free firewall mark left (0x100-0x1ff)".into()))?;
+    let table = TABLES
+        .clone()
+        .find(|t| !host_tables.contains(t) && !conns.iter().any(|c| c.table == *t))
+        .ok_or_else(|| Error::Conflict("no free routing table left (100-199)".into()))?;
+    let port = PORTS
+        .clone()
+        .find(|p| !conns.iter().any(|c| c.port == *p) && port_free(*p))
+        .ok_or_else(|| Error::Conflict("no free redirect port left (12000-12999)".into()))?;
+    let ip = allocate_ip(ctx, state)?;
+    Ok(Allocation {
+        fwmark,
+        table,
+        port,
+        ip,
+    })
+}
+
+/// Checks the env a person gave: names the manifest declares, safe values.
+fn check_env(
+    m: &manifest::Manifest,
+    env: &BTreeMap<String, String>,
+) -> std::result::Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    for (k, v) in env {
+        if !m.env.iter().any(|e| &e.name == k) {
+            let names: Vec<&str> = m.env.iter().map(|e| e.name.as_str()).collect();
+            errors.push(format!(
+                "{k:?} is not one of {}'s settings ({})",
+                m.id,
+                if names.is_empty() {
+                    "it has none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        } else if let Some(p) = manifest::env_value_problem(v) {
+            errors.push(format!("{k}: {p}"));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+pub fn connection_add(
+    ctx: &mut Ctx,
+    service: &ServiceId,
+    name: &ServiceId,
+    env: BTreeMap<String, String>,
+    wait: Duration,
+) -> Result<ConnectionOutcome> {
+    let mut session = Session::open(ctx, wait)?;
+    let state = session.state.clone();
+    let Some(svc) = state.services.get(service.as_str()) else {
+        return Err(Error::NotFound(format!("{service} is not installed")));
+    };
+    let m = svc.manifest.clone();
+    let Some(template) = svc.template.clone().filter(|_| m.instanceable) else {
+        return Err(Error::invalid(
+            format!("connection {name}"),
+            vec![format!(
+                "{service} is not an instanceable connectivity service"
+            )],
+        ));
+    };
+    if state.connections.contains_key(name.as_str()) {
+        return Err(Error::Conflict(format!("a connection named {name} exists")));
+    }
+    check_env(&m, &env).map_err(|e| Error::invalid(format!("connection {name}"), e))?;
+    let alloc = step("allocate", allocate(ctx, &state))?;
+    let vars = Vars::for_instance(
+        &m,
+        name.as_str(),
+        alloc.ip,
+        alloc.port,
+        alloc.fwmark,
+        alloc.table,
+        &env,
+        ctx.config,
+    );
+    let rendered = compose::render(&template, &vars)?;
+    let project = project_in(ctx, service.as_str(), name.as_str());
+    let cctx = CheckContext {
+        manifest: &m,
+        config: ctx.config,
+        data_dir: vars.data_dir().to_path_buf(),
+        service_ip: alloc.ip,
+        instance: Some(InstanceCtx {
+            id: name.to_string(),
+            redirect_port: alloc.port,
+        }),
+    };
+    let doc = compose::prepare(ctx.host, ctx.config, &project.name, &rendered, &cctx)?;
+    let data = vars.data_dir().to_path_buf();
+    session.begin(
+        PendingOp::ConnectionCreate,
+        name.as_str(),
+        json!({"service": service.as_str(), "made_data_dir": !data.exists()}),
+    )?;
+    let conn = Connection {
+        service: service.to_string(),
+        env,
+        fwmark: alloc.fwmark,
+        table: alloc.table,
+        port: alloc.port,
+        ip: alloc.ip,
+        created_at: files::now_unix(),
+    };
+    let mut undo = Vec::new();
+    let result = (|| -> Result<State> {
+        if !data.exists() {
+            step("create the data folder", files::create_dir_all(&data))?;
+            undo.push(Undo::RemoveDir(data.clone()));
+        }
+        undo.push(Undo::RemoveFile(project.file.clone()));
+        step(
+            "write the compose file",
+            compose::write_checked(ctx.config, &project.name, &doc),
+        )?;
+        undo.push(Undo::Down(project.clone()));
+        ctx.say(&format!("{name}: starting {}", vars.container_name()));
+        step("docker compose up", compose_up(ctx, &project))?;
+        let mut next = state.clone();
+        next.connections.insert(name.to_string(), conn.clone());
+        undo.push(Undo::Network(Box::new(state.clone())));
+        step("program firewall and routes", apply_network(ctx, &next))?;
+        Ok(next)
+    })();
+    match result {
+        Ok(next) => {
+            session.finish(next)?;
+            ctx.say(&format!(
+                "{name}: connection of {service} up (mark {:#x}, table {}, port {}, {})",
+                conn.fwmark, conn.table, conn.port, conn.ip
+            ));
+            Ok(ConnectionOutcome {
+                id: name.to_string(),
+                service: service.to_string(),
+                fwmark: conn.fwmark,
+                table: conn.table,
+                port: conn.port,
+                ip: conn.ip,
+            })
+        }
+        Err(e) => {
+            ctx.say(&format!("{name}: create failed, undoing: {e}"));
+            undo_all(ctx, undo);
+            session.abandon()?;
+            Err(e)
+        }
+    }
+}
+
+/// What still uses a connection: peers routed through it, services whose
+/// egress it carries.
+fn users(state: &State, id: &str) -> Vec<String> {
+    let peers = state
+        .peer_routes
+        .iter()
+        .filter(|(_, c)| c.as_str() == id)
+        .map(|(p, _)| format!("peer {p}"));
+    let services = state
+        .egress
+        .iter()
+        .filter(|(_, c)| c.as_str() == id)
+        .map(|(s, _)| format!("the egress of {s}"));
+    peers.chain(services).collect()
+}
+
+pub fn connection_remove(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<()> {
+    let mut session = Session::open(ctx, wait)?;
+    let state = session.state.clone();
+    let Some(conn) = state.connections.get(id.as_str()).cloned() else {
+        return Err(Error::NotFound(format!("no connection named {id}")));
+    };
+    let using = users(&state, id.as_str());
+    if !using.is_empty() {
+        return Err(Error::Conflict(format!(
+            "connection {id} is used by {}; move them off it first",
+            using.join(", ")
+        )));
+    }
+    session.begin(
+        PendingOp::ConnectionDelete,
+        id.as_str(),
+        json!({"service": conn.service}),
+    )?;
+    match delete_steps(ctx, &state, id.as_str(), &conn.service) {
+        Ok(next) => {
+            session.finish(next)?;
+            ctx.say(&format!("{id}: connection deleted"));
+            Ok(())
+        }
+        Err(e) => {
+            session.abandon()?;
+            Err(e)
+        }
+    }
+}
+
+/// The steps of a delete; idempotent, so a delete left by a dead process
+/// is finished by running them again.
+fn delete_steps(ctx: &mut Ctx, state: &State, id: &str, service: &str) -> Result<State> {
+    let project = project_in(ctx, service, id);
+    step(
+        "docker compose down",
+        compose_down(ctx.host, ctx.config, &project, Volumes::Remove),
+    )?;
+    files::remove_file_if_exists(&project.file)?;
+    files::remove_dir_all_if_exists(&compose::data_dir(ctx.config, service, Some(id)))?;
+    let mut next = state.clone();
+    next.connections.remove(id);
+    step("clear firewall and routes", apply_network(ctx, &next))?;
+    Ok(next)
+}
+
+/// Settles a connection create (rolled back) or delete (finished) left by
+/// a process that died.
+pub(crate) fn settle_connection(ctx: &mut Ctx, next: &mut State, pending: &Pending) {
+    let id = pending.target.as_str();
+    let Some(service) = pending.detail["service"].as_str().map(str::to_string) else {
+        log::error!("pending connection {id} names no service; nothing to settle");
+        return;
+    };
+    match pending.op {
+        PendingOp::ConnectionCreate => {
+            let project = project_in(ctx, &service, id);
+            let undo = vec![
+                Undo::Down(project.clone()),
+                Undo::RemoveFile(project.file.clone()),
+            ];
+            undo_all(ctx, undo);
+            if pending.detail["made_data_dir"].as_bool() == Some(true) {
+                let dir = compose::data_dir(ctx.config, &service, Some(id));
+                if let Err(e) = files::remove_dir_all_if_exists(&dir) {
+                    log::error!("while settling connection {id}: {e}");
+                }
+            }
+            next.connections.remove(id);
+        }
+        PendingOp::ConnectionDelete => match delete_steps(ctx, next, id, &service) {
+            Ok(s) => *next = s,
+            Err(e) => log::error!("finishing the delete of connection {id} failed: {e}"),
+        },
+        _ => {}
+    }
+}
+
+/// Parses a peer address: an IPv4 unicast address.
+pub fn parse_peer(s: &str) -> Result<Ipv4Addr> {
+    let bad = |why: &str| {
+        Error::invalid(
+            "peer",
+            vec![format!("{:?} {why}", crate::ids::truncate(s, 64))],
+        )
+    };
+    let ip: Ipv4Addr = s.parse().map_err(|_| bad("is not an IPv4 address"))?;
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+        return Err(bad("is not a unicast peer address"));
+    }
+    Ok(ip)
+}
+
+/// Applies `next` to the network and commits it; when the commit fails,
+/// the network is put back to the committed state.
+fn apply_and_commit(ctx: &mut Ctx, session: &mut Session, next: State) -> Result<()> {
+    step("program firewall and routes", apply_network(ctx, &next))?;
+    let old = session.state.clone();
+    if let Err(e) = session.commit(next) {
+        let _ = apply_network(ctx, &old);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Routes `peer` through connection `conn` (moving it if routed elsewhere).
-pub fn peer_route(
-    _ctx: &mut Ctx,
-    _peer: Ipv4Addr,
-    _conn: &ServiceId,
-    _wait: Duration,
-) -> Result<()> {
-    Err(Error::failed("peer route", "not available in this build"))
+pub fn peer_route(ctx: &mut Ctx, peer: Ipv4Addr, conn: &ServiceId, wait: Duration) -> Result<()> {
+    let mut session = Session::open(ctx, wait)?;
+    if !session.state.connections.contains_key(conn.as_str()) {
+        return Err(Error::NotFound(format!("no connection named {conn}")));
+    }
+    let mut next = session.state.clone();
+    let before = next.peer_routes.insert(peer.to_string(), conn.to_string());
+    if before.as_deref() == Some(conn.as_str()) {
+        return Ok(());
+    }
+    apply_and_commit(ctx, &mut session, next)?;
+    ctx.say(&format!("peer {peer} routed through {conn}"));
+    Ok(())
 }
 
 /// Returns whether the peer had a route.
-pub fn peer_unroute(_ctx: &mut Ctx, _peer: Ipv4Addr, _wait: Duration) -> Result<bool> {
-    Err(Error::failed("peer unroute", "not available in this build"))
+pub fn peer_unroute(ctx: &mut Ctx, peer: Ipv4Addr, wait: Duration) -> Result<bool> {
+    let mut session = Session::open(ctx, wait)?;
+    let mut next = session.state.clone();
+    if next.peer_routes.remove(&peer.to_string()).is_none() {
+        return Ok(false);
+    }
+    apply_and_commit(ctx, &mut session, next)?;
+    ctx.say(&format!("peer {peer} back on the default route"));
+    Ok(true)
 }
 
 pub fn egress_set(
-    _ctx: &mut Ctx,
-    _service: &ServiceId,
-    _conn: &ServiceId,
-    _wait: Duration,
+    ctx: &mut Ctx,
+    service: &ServiceId,
+    conn: &ServiceId,
+    wait: Duration,
 ) -> Result<()> {
-    Err(Error::failed("egress set", "not available in this build"))
+    let mut session = Session::open(ctx, wait)?;
+    let Some(svc) = session.state.services.get(service.as_str()) else {
+        return Err(Error::NotFound(format!("{service} is not installed")));
+    };
+    if svc.ip.is_none() {
+        return Err(Error::invalid(
+            format!("egress of {service}"),
+            vec![format!("{service} runs no container of its own")],
+        ));
+    }
+    if !session.state.connections.contains_key(conn.as_str()) {
+        return Err(Error::NotFound(format!("no connection named {conn}")));
+    }
+    let mut next = session.state.clone();
+    next.egress.insert(service.to_string(), conn.to_string());
+    apply_and_commit(ctx, &mut session, next)?;
+    ctx.say(&format!("{service}: outbound traffic through {conn}"));
+    Ok(())
 }
 
-pub fn egress_clear(_ctx: &mut Ctx, _service: &ServiceId, _wait: Duration) -> Result<()> {
-    Err(Error::failed("egress clear", "not available in this build"))
+pub fn egress_clear(ctx: &mut Ctx, service: &ServiceId, wait: Duration) -> Result<()> {
+    let mut session = Session::open(ctx, wait)?;
+    let mut next = session.state.clone();
+    if next.egress.remove(service.as_str()).is_none() {
+        return Ok(());
+    }
+    apply_and_commit(ctx, &mut session, next)?;
+    ctx.say(&format!("{service}: outbound traffic on the default route"));
+    Ok(())
 }
 
-pub fn set_verification_mode(
-    _ctx: &mut Ctx,
-    _mode: VerificationMode,
-    _wait: Duration,
-) -> Result<()> {
-    Err(Error::failed("settings", "not available in this build"))
+pub fn set_verification_mode(ctx: &mut Ctx, mode: VerificationMode, wait: Duration) -> Result<()> {
+    let mut session = Session::open(ctx, wait)?;
+    let mut next = session.state.clone();
+    next.settings.image_verification_mode = mode;
+    session.commit(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_must_be_unicast_ipv4() {
+        assert!(parse_peer("10.8.0.2").is_ok());
+        for bad in [
+            "10.8.0",
+            "::1",
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "10.8.0.2\n-j ACCEPT",
+        ] {
+            assert!(parse_peer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_names_must_be_declared() {
+        let m: manifest::Manifest = serde_json::from_value(json!({
+            "id": "proxy", "name": "P", "version": "1", "author": "a", "kind": "connectivity",
+            "image": "x", "container_name": "proxy", "requires": [], "volumes": [],
+            "env": [{"name": "UPSTREAM", "value": ""}], "iptables_rules": [], "routes": [],
+            "cap_add": [], "provision_hook": null, "instanceable": true,
+            "connectivity": {"mode": "redirect"}
+        }))
+        .unwrap();
+        let ok: BTreeMap<String, String> =
+            [("UPSTREAM".to_string(), "socks5://10.0.0.1:1080".to_string())].into();
+        assert!(check_env(&m, &ok).is_ok());
+        let bad: BTreeMap<String, String> = [
+            ("OTHER".to_string(), "x".to_string()),
+            ("UPSTREAM".to_string(), "$(id)".to_string()),
+        ]
+        .into();
+        assert_eq!(check_env(&m, &bad).unwrap_err().len(), 2);
+    }
 }

@@ -11,8 +11,8 @@ mod service;
 mod settle;
 
 pub use connection::{
-    connection_add, connection_remove, egress_clear, egress_set, peer_route, peer_unroute,
-    set_verification_mode, ConnectionOutcome,
+    connection_add, connection_remove, egress_clear, egress_set, parse_peer, peer_route,
+    peer_unroute, set_verification_mode, ConnectionOutcome,
 };
 pub use reapply::{dry_run, reapply, start_order, DryRun, ReapplyReport};
 pub use service::{install, remove, update, InstallOutcome, RemoveOutcome, UpdateOutcome};
@@ -126,21 +126,4 @@ pub(crate) fn step<T>(name: &str, r: Result<T>) -> Result<T> {
         | Error::Failed { .. }) => e,
         other => Error::failed(name, other),
     })
-}
-
-/// Settles a connection create (rolled back) or delete (finished).
-fn settle_connection(ctx: &mut Ctx, next: &mut State, pending: &Pending) {
-    let id = pending.target.as_str();
-    let Some(conn) = next.connections.get(id).cloned() else {
-        return;
-    };
-    let project = crate::compose::project_name(&conn.service, Some(id));
-    if let Err(e) = crate::docker::remove_project_by_label(ctx.host, ctx.config, &project) {
-        log::error!("while settling connection {id}: {e}");
-    }
-    let file = service::project_file(ctx.config, &project);
-    if let Err(e) = crate::files::remove_file_if_exists(&file) {
-        log::error!("while settling connection {id}: {e}");
-    }
-    next.connections.remove(id);
 }

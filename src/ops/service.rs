@@ -50,7 +50,7 @@ pub struct UpdateOutcome {
 }
 
 /// A step to take back when a later step fails.
-enum Undo {
+pub(crate) enum Undo {
     /// `docker compose down` of a project brought up by this operation.
     Down(Project),
     /// `docker compose up -d` of the project file as it was before.
@@ -61,7 +61,7 @@ enum Undo {
     Network(Box<State>),
 }
 
-fn undo_all(ctx: &mut Ctx, undo: Vec<Undo>) {
+pub(crate) fn undo_all(ctx: &mut Ctx, undo: Vec<Undo>) {
     for u in undo.into_iter().rev() {
         let r = match &u {
             Undo::Down(p) => compose_down(ctx.host, ctx.config, p, Volumes::Remove),
@@ -210,7 +210,7 @@ fn check_requires(state: &State, m: &ValidManifest) -> Result<()> {
 
 /// The lowest pool address that neither the state nor a container on the
 /// cell network holds.
-fn allocate_ip(ctx: &mut Ctx, state: &State) -> Result<Ipv4Addr> {
+pub(crate) fn allocate_ip(ctx: &mut Ctx, state: &State) -> Result<Ipv4Addr> {
     let on_network = docker::network_ips(ctx.host, ctx.config)?;
     let in_state: Vec<Ipv4Addr> = state
         .services

@@ -68,7 +68,7 @@ pub fn settle(ctx: &mut Ctx, state: &State, pending: &Pending) -> Result<State> 
             }
         }
         PendingOp::ConnectionCreate | PendingOp::ConnectionDelete => {
-            super::settle_connection(ctx, &mut next, pending);
+            super::connection::settle_connection(ctx, &mut next, pending);
         }
     }
     log_err(service::apply_network(ctx, &next));
