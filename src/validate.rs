@@ -7,6 +7,7 @@
 use crate::config::Config;
 use crate::error::Result;
 use crate::files;
+use crate::host::RealHost;
 use crate::manifest::{self, Report, Rules, VerificationMode};
 use std::path::Path;
 
@@ -18,6 +19,8 @@ struct Finding {
 }
 
 pub fn run(config: &Config, paths: &[&str]) -> Result<i32> {
+    let scratch = scratch_config(config)?;
+    let config = scratch.as_ref().map(|(c, _)| c).unwrap_or(config);
     let mut findings = Vec::new();
     for p in paths {
         findings.extend(check_path(config, Path::new(p)));
@@ -31,16 +34,66 @@ pub fn run(config: &Config, paths: &[&str]) -> Result<i32> {
     if !failed {
         eprintln!("{} path(s) valid", paths.len());
     }
+    if let Some((_, dir)) = scratch {
+        let _ = files::remove_dir_all_if_exists(&dir);
+    }
     Ok(if failed { 1 } else { 0 })
 }
 
-fn check_path(config: &Config, path: &Path) -> Vec<Finding> {
-    if path.is_dir() {
-        check_folder(config, path)
-    } else {
-        let (_, findings) = check_manifest(config, path);
-        findings
+/// A publisher's CI runs `validate` without the cell's state folder: when
+/// `PIC_STATE_DIR` cannot be written, templates are checked against a
+/// private temporary one instead.
+fn scratch_config(config: &Config) -> Result<Option<(Config, std::path::PathBuf)>> {
+    if files::create_dir_all(&config.state_dir.join("tmp")).is_ok() {
+        return Ok(None);
     }
+    let dir = std::env::temp_dir().join(format!("pic-store-validate-{}", std::process::id()));
+    files::create_dir_all(&dir)?;
+    let mut c = config.clone();
+    c.state_dir = dir.clone();
+    Ok(Some((c, dir)))
+}
+
+/// A manifest file, a service folder, a store (`index.json` and
+/// `services/`), or a folder of service folders.
+fn check_path(config: &Config, path: &Path) -> Vec<Finding> {
+    if !path.is_dir() {
+        let (_, findings) = check_manifest(config, path);
+        return findings;
+    }
+    if path.join("manifest.json").exists() {
+        return check_folder(config, path);
+    }
+    let services = if path.join("services").is_dir() {
+        path.join("services")
+    } else {
+        path.to_path_buf()
+    };
+    let folders = match service_folders(&services) {
+        Ok(f) => f,
+        Err(e) => return vec![error(&path.display().to_string(), e.to_string())],
+    };
+    if folders.is_empty() {
+        let msg = "holds no manifest.json, services/ folder or service folders".to_string();
+        return vec![error(&path.display().to_string(), msg)];
+    }
+    folders
+        .iter()
+        .flat_map(|f| check_folder(config, f))
+        .collect()
+}
+
+/// The sub-folders of `dir` that hold a `manifest.json`, sorted.
+fn service_folders(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| crate::error::Error::io("read folder", dir, e))?;
+    let mut out: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join("manifest.json").is_file())
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 fn rules(config: &Config) -> Rules<'_> {
@@ -67,9 +120,39 @@ fn check_manifest(config: &Config, path: &Path) -> (Option<manifest::ValidManife
     (valid, findings(&file, report))
 }
 
+/// The manifest, then the template rendered with sample values (the pool's
+/// first address; instance values for instanceable services) and checked
+/// by every rule of spec §7 through `docker compose config`.
 fn check_folder(config: &Config, dir: &Path) -> Vec<Finding> {
-    let manifest_path = dir.join("manifest.json");
-    let (_valid, found) = check_manifest(config, &manifest_path);
+    let (valid, mut found) = check_manifest(config, &dir.join("manifest.json"));
+    let template_path = dir.join("compose-template.yml");
+    let file = template_path.display().to_string();
+    let template = match files::read_to_string(&template_path) {
+        Ok(t) => t,
+        Err(e) => {
+            found.push(error(&file, e.to_string()));
+            return found;
+        }
+    };
+    let Some(m) = valid else {
+        return found;
+    };
+    if let Some(id) = dir.file_name().and_then(|n| n.to_str()) {
+        if id != m.id.as_str() {
+            found.push(error(
+                &dir.join("manifest.json").display().to_string(),
+                format!("id {:?} differs from its folder name {id:?}", m.id.as_str()),
+            ));
+        }
+    }
+    let ip = (!m.instanceable).then_some(config.service_pool.first);
+    if let Err(e) = crate::ops::prepare_doc(&RealHost, config, &m, &template, ip) {
+        let messages = match e.details() {
+            d if d.is_empty() => vec![e.to_string()],
+            d => d,
+        };
+        found.extend(messages.into_iter().map(|m| error(&file, m)));
+    }
     found
 }
 

@@ -15,6 +15,7 @@ pub use connection::{
     peer_unroute, set_verification_mode, ConnectionOutcome,
 };
 pub use reapply::{dry_run, reapply, start_order, DryRun, ReapplyReport};
+pub(crate) use service::prepare_doc;
 pub use service::{install, remove, update, InstallOutcome, RemoveOutcome, UpdateOutcome};
 pub use settle::settle;
 

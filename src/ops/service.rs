@@ -233,17 +233,18 @@ pub(crate) fn allocate_ip(ctx: &mut Ctx, state: &State) -> Result<Ipv4Addr> {
 /// Renders and checks the template. An instanceable service's template is
 /// checked with sample instance values, so a broken one is refused at
 /// install rather than at its first connection.
-fn prepare_doc(
-    ctx: &mut Ctx,
-    m: &ValidManifest,
+pub(crate) fn prepare_doc(
+    host: &dyn Host,
+    config: &Config,
+    m: &manifest::Manifest,
     template: &str,
     ip: Option<Ipv4Addr>,
 ) -> Result<(String, serde_json::Value)> {
     let project = compose::project_name(m.id.as_str(), None);
     let (vars, ip, instance) = match ip {
-        Some(ip) => (Vars::for_service(m, ip, ctx.config), ip, None),
+        Some(ip) => (Vars::for_service(m, ip, config), ip, None),
         None => {
-            let ip = ctx.config.service_pool.first;
+            let ip = config.service_pool.first;
             let sample = sample_instance();
             let vars = Vars::for_instance(
                 m,
@@ -253,7 +254,7 @@ fn prepare_doc(
                 sample.2,
                 sample.3,
                 &Default::default(),
-                ctx.config,
+                config,
             );
             let instance = InstanceCtx {
                 id: sample.0.clone(),
@@ -265,12 +266,12 @@ fn prepare_doc(
     let rendered = compose::render(template, &vars)?;
     let cctx = CheckContext {
         manifest: m,
-        config: ctx.config,
+        config,
         data_dir: vars.data_dir().to_path_buf(),
         service_ip: ip,
         instance,
     };
-    let doc = compose::prepare(ctx.host, ctx.config, &project, &rendered, &cctx)?;
+    let doc = compose::prepare(host, config, &project, &rendered, &cctx)?;
     Ok((project, doc))
 }
 
@@ -371,7 +372,7 @@ pub fn install(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<InstallO
         Some(step("allocate an address", allocate_ip(ctx, &state))?)
     };
     ctx.say(&format!("{id}: checking the compose template"));
-    let (project_name, doc) = prepare_doc(ctx, &m, &template, ip)?;
+    let (project_name, doc) = prepare_doc(ctx.host, ctx.config, &m, &template, ip)?;
     let project = Project {
         name: project_name.clone(),
         file: project_file(ctx.config, &project_name),
@@ -611,7 +612,7 @@ pub fn update(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<UpdateOut
         "{id}: checking the compose template of {}",
         m.version
     ));
-    let (project_name, doc) = prepare_doc(ctx, &m, &template, old.ip)?;
+    let (project_name, doc) = prepare_doc(ctx.host, ctx.config, &m, &template, old.ip)?;
     let project = Project {
         name: project_name.clone(),
         file: project_file(ctx.config, &project_name),

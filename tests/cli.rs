@@ -1,0 +1,269 @@
+//! The command line as a publisher and an owner meet it: `validate` of
+//! files, service folders and whole stores; refusal of an unreadable state
+//! file; `list` from a cold process when the store is down; usage errors.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+const IMAGE: &str = "127.0.0.1:5000/roof/web:1@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+/// The manifest a corpus template is checked with (see its first line).
+fn corpus_manifest(id: &str, template: &str) -> Value {
+    let first = template.lines().next().unwrap_or("").trim();
+    let mut m = json!({
+        "id": id, "name": "Web", "version": "1", "author": "roof", "image": IMAGE,
+        "container_name": format!("cell-{id}"),
+        "volumes": [{"mount": "/srv/media", "target": "/media"}],
+        "env": [{"name": "TZ", "value": "UTC"}, {"name": "UPSTREAM", "value": "socks5://10.0.0.1:1080"}],
+        "cap_add": ["CHOWN", "NET_BIND_SERVICE"]
+    });
+    if first == "# context: connectivity" || first == "# context: instance" {
+        m["kind"] = json!("connectivity");
+        m["cap_add"] = json!(["CHOWN", "NET_BIND_SERVICE", "NET_ADMIN", "NET_RAW"]);
+    }
+    if first == "# context: instance" {
+        m["instanceable"] = json!(true);
+        m["connectivity"] = json!({"mode": "redirect"});
+    }
+    m
+}
+
+/// Every corpus template becomes a service folder of one store; one run of
+/// `pic-store validate STORE` must refuse exactly the `bad-*` ones.
+#[test]
+fn validate_classifies_the_whole_corpus_in_one_run() {
+    if !require_rig() {
+        return;
+    }
+    let dir = TempDir::with_prefix("pic-validate");
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compose_corpus");
+    let mut names: Vec<String> = fs::read_dir(&corpus)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 40);
+    let mut store = Store::new(&dir);
+    let mut by_id = BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        let id = format!("t{i}");
+        let template = fs::read_to_string(corpus.join(name)).unwrap();
+        store.add(&id, corpus_manifest(&id, &template), &template);
+        by_id.insert(id, name.clone());
+    }
+    let out = pic(&dir, &[], &["validate", store.root().to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "bad templates are errors\n{}",
+        show(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (id, name) in &by_id {
+        let marker = format!("/services/{id}/");
+        let errors: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.contains(&marker) && l.contains(": error: "))
+            .collect();
+        if name.starts_with("bad-") {
+            assert!(!errors.is_empty(), "{name} was accepted\n{stdout}");
+        } else {
+            assert!(errors.is_empty(), "{name} was refused: {errors:?}");
+        }
+    }
+    // Nothing was ever started.
+    assert!(compose_project_containers("pic-t0").is_empty());
+}
+
+#[test]
+fn validate_reports_every_problem_as_file_level_message() {
+    let dir = TempDir::with_prefix("pic-validate-files");
+    let missing = dir.join("missing.json");
+    let garbage = dir.join("garbage.json");
+    fs::write(&garbage, "{ not json").unwrap();
+    let faulty = dir.join("faulty.json");
+    fs::write(
+        &faulty,
+        json!({
+            "id": "Bad Id", "name": "x", "version": "1", "author": "a",
+            "image": "evil.example/x:1", "container_name": "cell-api",
+            "volumes": [{"mount": "/etc/../etc/shadow", "target": "/x"}],
+            "cap_add": ["SYS_ADMIN"], "surprise": 1
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let good = dir.join("good.json");
+    fs::write(
+        &good,
+        json!({"id": "ok", "name": "Ok", "version": "1", "author": "a", "image": IMAGE, "container_name": "ok"})
+            .to_string(),
+    )
+    .unwrap();
+    let out = pic(
+        &dir,
+        &[],
+        &[
+            "validate",
+            missing.to_str().unwrap(),
+            garbage.to_str().unwrap(),
+            faulty.to_str().unwrap(),
+            good.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines_for = |f: &Path, level: &str| {
+        stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{}: {level}: ", f.display())))
+            .count()
+    };
+    assert_eq!(lines_for(&missing, "error"), 1, "{stdout}");
+    assert_eq!(lines_for(&garbage, "error"), 1, "{stdout}");
+    assert_eq!(lines_for(&faulty, "error"), 5, "{stdout}");
+    assert_eq!(lines_for(&faulty, "warning"), 2, "no digest, unknown field\n{stdout}");
+    assert_eq!(lines_for(&good, "error"), 0, "{stdout}");
+    let only_good = pic(&dir, &[], &["validate", good.to_str().unwrap()]);
+    assert_eq!(only_good.status.code(), Some(0), "{}", show(&only_good));
+}
+
+#[test]
+fn an_unreadable_state_file_is_refused_and_left_as_it_was() {
+    let dir = TempDir::with_prefix("pic-corrupt");
+    let state = dir.state_dir();
+    fs::create_dir_all(&state).unwrap();
+    let bytes = b"{\"schema\": 1, \"services\": {tr".to_vec();
+    fs::write(state.join("state.json"), &bytes).unwrap();
+    for args in [
+        vec!["install", "radicale"],
+        vec!["remove", "radicale"],
+        vec!["update", "radicale"],
+        vec!["connection", "add", "proxy", "home"],
+        vec!["connection", "remove", "home"],
+        vec!["peer", "route", "10.8.0.2", "home"],
+        vec!["egress", "set", "radicale", "home"],
+        vec!["list"],
+        vec!["status"],
+        vec!["reapply", "--dry-run"],
+    ] {
+        let out = pic(&dir, &[], &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}\n{}", show(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&state.join("state.json").display().to_string()),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(
+            fs::read(state.join("state.json")).unwrap(),
+            bytes,
+            "{args:?} changed the file"
+        );
+    }
+}
+
+#[test]
+fn reapply_restores_an_unreadable_state_from_its_backup() {
+    let dir = TempDir::with_prefix("pic-recover");
+    let state = dir.state_dir();
+    fs::create_dir_all(&state).unwrap();
+    let good = json!({"schema": 1, "settings": {"image_verification_mode": "enforce"}});
+    fs::write(state.join("state.json.bak"), good.to_string()).unwrap();
+    fs::write(state.join("state.json"), "garbage").unwrap();
+    // No network programs are needed to prove the recovery: an empty state
+    // has nothing to apply but the chains, which run in a namespace.
+    let ns = Netns::new();
+    let out = pic_in(&ns, &dir, &[("PIC_DOCKER", "/bin/true")], &["reapply"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("restored"), "{}", show(&out));
+    let now: Value = serde_json::from_slice(&fs::read(state.join("state.json")).unwrap()).unwrap();
+    assert_eq!(now["settings"]["image_verification_mode"], "enforce");
+    let aside: Vec<_> = fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.json.corrupt-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(fs::read(aside[0].path()).unwrap(), b"garbage");
+}
+
+/// A cold process (a reboot) with the store down shows the cached index
+/// marked stale.
+#[test]
+fn list_serves_the_cached_index_as_stale_when_the_store_is_gone() {
+    let dir = TempDir::with_prefix("pic-list");
+    let mut store = Store::new(&dir);
+    store.add(
+        "notes",
+        json!({"id": "notes", "name": "Notes", "version": "2.1", "author": "a", "image": IMAGE, "container_name": "notes"}),
+        "services: {}\n",
+    );
+    let out = ok(&pic(&dir, &[], &["list", "--json"]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stale"], json!(false));
+    assert_eq!(v["available"][0]["id"], json!("notes"));
+    fs::remove_dir_all(store.root()).unwrap();
+    let out = ok(&pic(&dir, &[], &["list", "--json"]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stale"], json!(true));
+    assert_eq!(v["available"][0]["version"], json!("2.1"));
+    let text = pic(&dir, &[], &["list"]);
+    assert!(
+        String::from_utf8_lossy(&text.stderr).contains("unreachable"),
+        "{}",
+        show(&text)
+    );
+    // With no cache at all it is a clear failure.
+    let fresh = TempDir::with_prefix("pic-list-cold");
+    let out = pic(&fresh, &[], &["list"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+}
+
+#[test]
+fn usage_errors_exit_2_and_refusals_exit_1() {
+    let dir = TempDir::with_prefix("pic-usage");
+    for (args, code) in [
+        (vec![], 2),
+        (vec!["frobnicate"], 2),
+        (vec!["install"], 2),
+        (vec!["install", "a", "b"], 2),
+        (vec!["remove", "x", "--force"], 2),
+        (vec!["peer", "route", "10.0.0.1"], 2),
+        (vec!["install", "../../etc"], 1),
+        (vec!["peer", "unroute", "10.0.0.300"], 1),
+        (vec!["peer", "route", "10.8.0.2", "Bad_Name"], 1),
+        (vec!["--help"], 0),
+        (vec!["--version"], 0),
+    ] {
+        let out = pic(&dir, &[], &args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}\n{}", show(&out));
+    }
+    let out = pic(&dir, &[("PIC_LISTEN", "nonsense")], &["config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PIC_LISTEN"));
+}
+
+#[test]
+fn token_is_made_once_with_mode_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::with_prefix("pic-token");
+    let a = ok(&pic(&dir, &[], &["token"]));
+    let b = ok(&pic(&dir, &[], &["token"]));
+    assert_eq!(a, b);
+    assert_eq!(a.trim().len(), 64);
+    let mode = fs::metadata(dir.state_dir().join("api-token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
