@@ -128,7 +128,11 @@ fn validate_reports_every_problem_as_file_level_message() {
     assert_eq!(lines_for(&missing, "error"), 1, "{stdout}");
     assert_eq!(lines_for(&garbage, "error"), 1, "{stdout}");
     assert_eq!(lines_for(&faulty, "error"), 5, "{stdout}");
-    assert_eq!(lines_for(&faulty, "warning"), 2, "no digest, unknown field\n{stdout}");
+    assert_eq!(
+        lines_for(&faulty, "warning"),
+        2,
+        "no digest, unknown field\n{stdout}"
+    );
     assert_eq!(lines_for(&good, "error"), 0, "{stdout}");
     let only_good = pic(&dir, &[], &["validate", good.to_str().unwrap()]);
     assert_eq!(only_good.status.code(), Some(0), "{}", show(&only_good));
