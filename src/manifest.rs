@@ -905,6 +905,14 @@ fn path_text_problem(path: &str) -> Option<String> {
     if path.contains('$') {
         return Some("holds a $, which would be read as a variable".into());
     }
+    // Paths are only ever plain names: nothing that a YAML, shell or
+    // compose parser could read as syntax.
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+@".contains(c);
+    if let Some(bad) = path.chars().find(|&c| !plain(c)) {
+        return Some(format!(
+            "holds {bad:?}; paths may only use letters, digits and / . _ - + @"
+        ));
+    }
     None
 }
 
