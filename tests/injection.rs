@@ -31,8 +31,11 @@ fn base() -> Value {
 
 const TEMPLATE: &str = "services:\n  app:\n    image: ${IMAGE}\n    container_name: ${CONTAINER_NAME}\n    environment:\n      TZ: ${TZ}\n      ID: ${SERVICE_ID}\n    volumes:\n      - ${DATA_DIR}:/data\n    networks: [${NETWORK}]\n";
 
+/// Sets one field of a manifest to a value.
+type Setter = fn(&mut Value, &str);
+
 /// Every path to a string in the manifest, and how to set it.
-fn setters() -> Vec<(&'static str, fn(&mut Value, &str))> {
+fn setters() -> Vec<(&'static str, Setter)> {
     vec![
         ("id", |m, v| m["id"] = json!(v)),
         ("name", |m, v| m["name"] = json!(v)),
