@@ -25,6 +25,8 @@ pub struct CaddyOutcome {
     pub changed: bool,
     /// The reload command's failure; the file is written all the same.
     pub reload_error: Option<String>,
+    /// Whether the reload command ran and succeeded.
+    pub reloaded: bool,
     pub warnings: Vec<String>,
 }
 
@@ -80,18 +82,32 @@ fn is_safe(value: &str) -> bool {
 pub fn apply(host: &dyn Host, config: &Config, state: &State) -> Result<CaddyOutcome> {
     let plan = plan(state, &config.cell_domain);
     let changed = files::write_if_changed(&config.caddyfile, plan.text.as_bytes(), 0o644)?;
+    // A reload that failed (Caddy not up yet at boot) is owed until one
+    // succeeds, even when the file does not change again.
+    let owed = config.state_dir.join("caddy-reload-owed");
     let mut reload_error = None;
-    if changed {
+    let mut reloaded = false;
+    if changed || owed.exists() {
         if let Some(cmd) = Cmd::from_argv(&config.caddy_reload) {
-            if let Err(e) = host.run(&cmd) {
-                log::warn!("caddy reload failed: {e}");
-                reload_error = Some(e.to_string());
+            match host.run(&cmd) {
+                Ok(_) => {
+                    reloaded = true;
+                    files::remove_file_if_exists(&owed)?;
+                }
+                Err(e) => {
+                    log::warn!("caddy reload failed: {e}");
+                    reload_error = Some(e.to_string());
+                    files::write_atomic(&owed, b"", 0o600)?;
+                }
             }
+        } else {
+            files::remove_file_if_exists(&owed)?;
         }
     }
     Ok(CaddyOutcome {
         changed,
         reload_error,
+        reloaded,
         warnings: plan.warnings,
     })
 }
@@ -161,26 +177,36 @@ mod tests {
     }
 
     #[test]
-    fn reload_runs_only_when_the_file_changes() {
+    fn reload_runs_when_the_file_changes_or_a_failed_one_is_owed() {
         let dir = std::env::temp_dir().join(format!("pic-caddy-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("services.caddy");
-        let _ = std::fs::remove_file(&file);
-        let file_s = file.display().to_string();
+        let (file_s, dir_s) = (file.display().to_string(), dir.display().to_string());
         let config = Config::from_lookup(|k| match k {
             "PIC_CADDYFILE" => Some(file_s.clone()),
+            "PIC_STATE_DIR" => Some(dir_s.clone()),
             "PIC_CADDY_RELOAD" => Some("/bin/true reload".into()),
             _ => None,
         })
         .unwrap();
-        let host = FakeHost::default().answer("/bin/true reload", 1, "");
+        let failing = FakeHost::default().answer("/bin/true reload", 1, "");
         let st = golden_state();
-        let first = apply(&host, &config, &st).unwrap();
+        let first = apply(&failing, &config, &st).unwrap();
         assert!(first.changed);
         assert!(first.reload_error.is_some(), "a failed reload is reported");
-        let second = apply(&host, &config, &st).unwrap();
+        let second = apply(&failing, &config, &st).unwrap();
         assert!(!second.changed);
-        assert_eq!(host.calls(), ["/bin/true reload"]);
+        assert_eq!(failing.calls().len(), 2, "the owed reload is retried");
+        let working = FakeHost::default();
+        let third = apply(&working, &config, &st).unwrap();
+        assert!(third.reloaded && third.reload_error.is_none());
+        apply(&working, &config, &st).unwrap();
+        assert_eq!(
+            working.calls(),
+            ["/bin/true reload"],
+            "nothing owed any more"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

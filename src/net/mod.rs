@@ -107,7 +107,8 @@ impl NetReport {
         let caddy = match &self.caddy {
             Ok(c) => match (&c.reload_error, c.changed) {
                 (Some(e), _) => format!("caddy: routes written, reload FAILED: {e}"),
-                (None, true) => "caddy: routes written and reloaded".to_string(),
+                (None, _) if c.reloaded => "caddy: routes written and reloaded".to_string(),
+                (None, true) => "caddy: routes written (no reload command)".to_string(),
                 (None, false) => "caddy: in place".to_string(),
             },
             Err(e) => format!("caddy: FAILED: {e}"),
