@@ -214,7 +214,11 @@ fn dispatch(config: &Config, cmd: &str, rest: &[&str]) -> Result<i32> {
                 Ok(if r.failed == 0 { 0 } else { 1 })
             })
         }
-        "serve" | "connection" | "peer" | "egress" => Err(not_yet(cmd)),
+        "serve" => {
+            Words::parse(cmd, rest, &[])?.exactly(cmd, &[])?;
+            crate::http::serve(config)
+        }
+        "connection" | "peer" | "egress" => Err(not_yet(cmd)),
         _ => Err(Error::Usage(format!("unknown command {cmd:?}"))),
     }
 }
