@@ -43,7 +43,10 @@ fn answer(app: &App, req: &Req, segs: &[&str]) -> Result<Resp> {
         }
         ("GET", ["api", "jobs", id]) => match app.jobs.get(id) {
             Some(job) => Ok(Resp::json(200, &job.to_json())),
-            None => Err(Error::NotFound(format!("no job {}", crate::ids::truncate(id, 40)))),
+            None => Err(Error::NotFound(format!(
+                "no job {}",
+                crate::ids::truncate(id, 40)
+            ))),
         },
         ("GET", ["api", "connections"]) => Ok(Resp::json(
             200,
@@ -97,9 +100,7 @@ fn api_mutation(
             Mutation::EgressClear(ServiceId::parse(id)?)
         }
         ("POST", ["api", "connections"]) => connection_add(fields)?,
-        ("DELETE", ["api", "connections", id]) => {
-            Mutation::ConnectionRemove(ServiceId::parse(id)?)
-        }
+        ("DELETE", ["api", "connections", id]) => Mutation::ConnectionRemove(ServiceId::parse(id)?),
         ("PUT", ["api", "peers", ip, "route"]) => peer_route(ip, fields)?,
         ("DELETE", ["api", "peers", ip, "route"]) => Mutation::PeerUnroute(peer_ip(ip)?),
         ("PUT", ["api", "settings"]) => settings(fields)?,

@@ -212,7 +212,13 @@ mod tests {
 
     #[test]
     fn host_allow_list() {
-        let allowed = hosts(&["localhost", "127.0.0.1", "[::1]", "127.0.0.1:8420", "Cell.Lan:80"]);
+        let allowed = hosts(&[
+            "localhost",
+            "127.0.0.1",
+            "[::1]",
+            "127.0.0.1:8420",
+            "Cell.Lan:80",
+        ]);
         for ok in [
             "localhost",
             "LOCALHOST:8420",
@@ -247,7 +253,10 @@ mod tests {
         assert_eq!(bearer(Some("bearer  abc ")), Some("abc"));
         assert_eq!(bearer(Some("Basic abc")), None);
         assert_eq!(bearer(None), None);
-        assert_eq!(cookie(Some("a=1; pic_session=xyz; b=2"), COOKIE), Some("xyz"));
+        assert_eq!(
+            cookie(Some("a=1; pic_session=xyz; b=2"), COOKIE),
+            Some("xyz")
+        );
         assert_eq!(cookie(Some("xpic_session=1"), COOKIE), None);
         assert!(token_matches("abc\n", "abc"));
         assert!(!token_matches("abd", "abc"));

@@ -30,16 +30,25 @@ const MAX_JOBS: usize = 500;
 pub enum Mutation {
     Install(ServiceId),
     Update(ServiceId),
-    Remove { id: ServiceId, purge: bool },
+    Remove {
+        id: ServiceId,
+        purge: bool,
+    },
     ConnectionAdd {
         service: ServiceId,
         name: ServiceId,
         env: BTreeMap<String, String>,
     },
     ConnectionRemove(ServiceId),
-    PeerRoute { peer: Ipv4Addr, connection: ServiceId },
+    PeerRoute {
+        peer: Ipv4Addr,
+        connection: ServiceId,
+    },
     PeerUnroute(Ipv4Addr),
-    EgressSet { service: ServiceId, connection: ServiceId },
+    EgressSet {
+        service: ServiceId,
+        connection: ServiceId,
+    },
     EgressClear(ServiceId),
     Settings(VerificationMode),
     Reapply,
@@ -123,9 +132,9 @@ fn listed_or_installed(ctx: &Ctx, id: &ServiceId) -> Result<()> {
         .map(|s| s.services.contains_key(id.as_str()))
         .unwrap_or(false);
     match ctx.store.index() {
-        Ok(index) if !installed && !index.services.iter().any(|e| &e.id == id) => Err(
-            Error::NotFound(format!("the store lists no service {id}")),
-        ),
+        Ok(index) if !installed && !index.services.iter().any(|e| &e.id == id) => {
+            Err(Error::NotFound(format!("the store lists no service {id}")))
+        }
         _ => Ok(()),
     }
 }

@@ -3,9 +3,10 @@
 //! mutations in order ([`jobs`]). A long install never blocks a read.
 //!
 //! tiny_http reads each connection's request headers on a thread of its
-//! own, so idle or slow-header clients never hold a worker; a worker reads
-//! the body (at most 64 KiB, within a deadline), routes the request
-//! ([`router`]) inside `catch_unwind`, and answers.
+//! own, so idle or slow-header clients never hold a worker. A body of up
+//! to 1 KiB arrives with the headers; a longer one (at most 64 KiB) is
+//! read on a thread of its own, so a slow upload never holds a worker
+//! either. The request is routed ([`router`]) inside `catch_unwind`.
 
 pub mod api;
 pub mod auth;
@@ -23,14 +24,14 @@ use router::{Req, Resp};
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Worker threads answering requests.
 const WORKERS: usize = 8;
 /// The largest request body (spec §12).
 pub const MAX_BODY: usize = 64 * 1024;
-/// A body that is not all there by then is answered 408.
-const BODY_DEADLINE: Duration = Duration::from_secs(10);
+/// Requests whose body is still arriving, each read on its own thread.
+const MAX_BODY_READERS: usize = 64;
 /// Oversized bodies announced this large are not drained (tiny_http would
 /// allocate the announced size); their connection is left to the client.
 const MAX_DRAIN: usize = 64 << 20;
@@ -124,7 +125,10 @@ fn run_workers(app: Arc<App>, server: Arc<tiny_http::Server>) -> Result<i32> {
     let reason = stop_rx
         .recv()
         .unwrap_or_else(|_| "every worker stopped".to_string());
-    Err(Error::failed("serve", format!("the server stopped: {reason}")))
+    Err(Error::failed(
+        "serve",
+        format!("the server stopped: {reason}"),
+    ))
 }
 
 /// How a request's body arrives.
@@ -156,30 +160,25 @@ fn body_plan(rq: &tiny_http::Request) -> BodyPlan {
 }
 
 fn serve_one(app: &Arc<App>, mut rq: tiny_http::Request) {
-    let started = Instant::now();
-    let body = match body_plan(&rq) {
-        BodyPlan::TooLarge(n) => return refuse_large(rq, n),
+    match body_plan(&rq) {
+        BodyPlan::TooLarge(n) => refuse_large(rq, n),
         BodyPlan::Ready => match read_body(&mut rq) {
-            Ok(b) => b,
-            Err(r) => return respond(rq, r),
+            Ok(body) => answer(app, rq, body),
+            Err(r) => respond(rq, r),
         },
-        BodyPlan::Stream => match read_body_within_deadline(rq) {
-            Some((r, Ok(b))) => {
-                rq = r;
-                b
-            }
-            Some((r, Err(resp))) => return respond(r, resp),
-            None => return,
-        },
-    };
+        BodyPlan::Stream => read_body_elsewhere(app, rq),
+    }
+}
+
+/// Routes a request whose body is read, catching panics, and answers.
+fn answer(app: &App, rq: tiny_http::Request, body: Vec<u8>) {
+    let started = Instant::now();
     let req = to_req(&rq, body);
-    let resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        router::handle(app, &req)
-    }))
-    .unwrap_or_else(|_| {
-        log::error!("panic while answering {} {}", req.method, req.path);
-        Resp::error(500, "internal error (see the server log)", vec![])
-    });
+    let resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| router::handle(app, &req)))
+        .unwrap_or_else(|_| {
+            log::error!("panic while answering {} {}", req.method, req.path);
+            Resp::error(500, "internal error (see the server log)", vec![])
+        });
     log::debug!(
         "{} {} {} {} ms",
         req.method,
@@ -204,31 +203,33 @@ fn read_body(rq: &mut tiny_http::Request) -> std::result::Result<Vec<u8>, Resp> 
     }
 }
 
-type BodyRead = (tiny_http::Request, std::result::Result<Vec<u8>, Resp>);
+static BODY_READERS: AtomicUsize = AtomicUsize::new(0);
 
-/// Reads the body on a helper thread so a slow client costs that thread,
-/// not a worker. Past the deadline the helper answers 408 itself when
-/// (if ever) the read ends, and this returns `None`.
-fn read_body_within_deadline(mut rq: tiny_http::Request) -> Option<BodyRead> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<BodyRead>(1);
+/// A body still on the socket is read, and its request answered, on a
+/// thread of its own: a client that sends slowly (or never) costs that
+/// thread, never a worker. Past [`MAX_BODY_READERS`] of them: 503.
+fn read_body_elsewhere(app: &Arc<App>, mut rq: tiny_http::Request) {
+    if BODY_READERS.fetch_add(1, Ordering::SeqCst) >= MAX_BODY_READERS {
+        BODY_READERS.fetch_sub(1, Ordering::SeqCst);
+        log::warn!("too many request bodies being read; answered 503");
+        return respond(
+            rq,
+            Resp::error(503, "too many uploads at once; retry", vec![]).with("Retry-After", "5"),
+        );
+    }
+    let app = app.clone();
     let spawned = std::thread::Builder::new()
         .name("http-body".into())
         .spawn(move || {
-            let body = read_body(&mut rq);
-            if let Err(std::sync::mpsc::SendError((rq, _))) = tx.send((rq, body)) {
-                respond(rq, Resp::error(408, "the request body came too slowly", vec![]));
+            match read_body(&mut rq) {
+                Ok(body) => answer(&app, rq, body),
+                Err(r) => respond(rq, r),
             }
+            BODY_READERS.fetch_sub(1, Ordering::SeqCst);
         });
-    if spawned.is_err() {
-        log::error!("cannot start a thread to read a request body");
-        return None;
-    }
-    match rx.recv_timeout(BODY_DEADLINE) {
-        Ok(read) => Some(read),
-        Err(_) => {
-            log::warn!("a request body took longer than {BODY_DEADLINE:?}");
-            None
-        }
+    if let Err(e) = spawned {
+        BODY_READERS.fetch_sub(1, Ordering::SeqCst);
+        log::error!("cannot start a thread to read a request body: {e}");
     }
 }
 

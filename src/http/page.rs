@@ -143,7 +143,10 @@ fn check_form(app: &App, req: &Req, csrf: &str) -> std::result::Result<Map<Strin
         .fields()
         .map_err(|e| refused(400, &e.to_string(), &e.details()))?;
     if !auth::csrf_ok(fields.get("csrf").and_then(Value::as_str), csrf) {
-        log::warn!("refused a form post without a valid CSRF token to {}", req.path);
+        log::warn!(
+            "refused a form post without a valid CSRF token to {}",
+            req.path
+        );
         return Err(refused(
             403,
             "the form's security token is missing or stale; reload the page",
@@ -316,15 +319,16 @@ fn active_jobs(b: &mut String, app: &App) {
 fn installed(b: &mut String, state: &State, csrf: &str) {
     b.push_str(r#"<section class="card"><h2>Installed services</h2>"#);
     if state.services.is_empty() {
-        b.push_str(r#"<p class="muted">Nothing installed yet; pick a service from the store below.</p>"#);
+        b.push_str(
+            r#"<p class="muted">Nothing installed yet; pick a service from the store below.</p>"#,
+        );
     }
     let conns: Vec<&String> = state.connections.keys().collect();
     for (id, s) in &state.services {
         let m = &s.manifest;
-        let ip = s
-            .ip
-            .map(|ip| ip.to_string())
-            .unwrap_or_else(|| "per connection".into());
+        let ip =
+            s.ip.map(|ip| ip.to_string())
+                .unwrap_or_else(|| "per connection".into());
         let _ = write!(
             b,
             r#"<div class="row" id="svc-{}"><div class="grow"><strong>{}</strong> <span class="tag">{}</span><div class="muted small">{} · IP {}</div>"#,
@@ -489,7 +493,12 @@ fn peers(b: &mut String, state: &State, csrf: &str) {
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(peer),
                 esc(conn),
-                button(&format!("/ui/peers/{peer}/unroute"), csrf, "Unroute", "secondary")
+                button(
+                    &format!("/ui/peers/{peer}/unroute"),
+                    csrf,
+                    "Unroute",
+                    "secondary"
+                )
             );
         }
         b.push_str("</tbody></table></div>");
@@ -521,11 +530,7 @@ fn settings(b: &mut String, state: &State, csrf: &str) {
         VerificationMode::Enforce,
     ] {
         let sel = if m == current { " selected" } else { "" };
-        let _ = write!(
-            b,
-            r#"<option value="{0}"{sel}>{0}</option>"#,
-            mode_name(m)
-        );
+        let _ = write!(b, r#"<option value="{0}"{sel}>{0}</option>"#, mode_name(m));
     }
     b.push_str(r#"</select></label><button class="secondary">Save</button></form>"#);
     b.push_str(r#"<p class="small muted">Reapply makes the containers, firewall and routes match the saved state again (as at boot).</p>"#);
@@ -537,7 +542,11 @@ fn settings(b: &mut String, state: &State, csrf: &str) {
 
 fn job_page(app: &App, id: &str) -> Resp {
     let Some(job) = app.jobs.get(id) else {
-        return refused(404, "no such job (jobs are kept until the server restarts)", &[]);
+        return refused(
+            404,
+            "no such job (jobs are kept until the server restarts)",
+            &[],
+        );
     };
     let s = job.snapshot();
     let running = s.phase != Phase::Done;
@@ -568,11 +577,17 @@ fn job_page(app: &App, id: &str) -> Resp {
             );
             let errors: Vec<String> = body["errors"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|e| e.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             push_list(&mut b, &errors);
         }
-        None => b.push_str(r#"<p class="muted small">This page refreshes itself until the job ends.</p>"#),
+        None => b.push_str(
+            r#"<p class="muted small">This page refreshes itself until the job ends.</p>"#,
+        ),
     }
     b.push_str(r#"<p><a href="/">Back to the admin page</a></p></section>"#);
     Resp::html(200, layout(&job.title, "", &b, running))

@@ -256,6 +256,7 @@ pub enum TokenCheck {
 pub fn check_token(app: &App, req: &Req, given: &str) -> TokenCheck {
     let ip = req.client();
     if let Some(wait) = app.throttle.wait(ip) {
+        log::warn!("token attempt from {ip} on {} refused: throttled", req.path);
         return TokenCheck::Throttled(wait.as_secs() + 1);
     }
     if auth::token_matches(given, &app.token) {
