@@ -766,3 +766,222 @@ fn idle_and_slow_clients_do_not_stop_new_ones() {
     assert!(worst < Duration::from_secs(1), "{worst:?}");
     drop(idle);
 }
+
+// --- on the rig: real installs -------------------------------------------------------
+
+const WEB_TEMPLATE: &str = r#"services:
+  web:
+    image: ${IMAGE}
+    container_name: ${CONTAINER_NAME}
+    command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
+    volumes:
+      - ${DATA_DIR}:/www
+    networks:
+      - ${NETWORK}
+networks:
+  ${NETWORK}:
+    external: true
+"#;
+
+fn web_manifest(id: &str, digest: &str, requires: &[&str]) -> Value {
+    json!({
+        "id": id, "name": format!("Web {id}"), "version": "1.0", "author": "tests",
+        "image": image_ref("web", "1", digest),
+        "container_name": format!("pt-{id}"),
+        "requires": requires,
+        "iptables_rules": [{"type": "ACCEPT", "dest_ip": "${SERVICE_IP}", "dest_port": 8080}],
+        "subdomain": id, "backend": format!("pt-{id}:8080"),
+        "description": "a busybox web page"
+    })
+}
+
+fn which(program: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .expect("run sh");
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!p.is_empty(), "{program} not found");
+    p
+}
+
+/// Writes an executable shell script.
+fn script(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// `PIC_*` program overrides that run iptables and ip inside `ns` (so
+/// `serve` can listen on the host's loopback while its rules stay in the
+/// namespace) and a docker whose `compose pull` first sleeps
+/// `pull_delay` seconds. The delay is a stand-in for a slow registry,
+/// for timing only; the real docker does the work.
+fn wrapped_programs(dir: &TempDir, ns: &Netns, pull_delay: u32) -> Vec<(String, String)> {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let ip = which("ip");
+    let mut envs = Vec::new();
+    for (var, prog) in [
+        ("PIC_IPTABLES", "iptables"),
+        ("PIC_IPTABLES_RESTORE", "iptables-restore"),
+        ("PIC_IPTABLES_SAVE", "iptables-save"),
+        ("PIC_IP", "ip"),
+    ] {
+        let path = bin.join(prog);
+        script(
+            &path,
+            &format!(
+                "#!/bin/sh\nexec {ip} netns exec {} {} \"$@\"\n",
+                ns.name(),
+                which(prog)
+            ),
+        );
+        envs.push((var.to_string(), path.display().to_string()));
+    }
+    let docker = bin.join("docker");
+    script(
+        &docker,
+        &format!(
+            "#!/bin/sh\ncase \" $* \" in *\" compose \"*\" pull \"*) sleep {pull_delay};; esac\nexec {} \"$@\"\n",
+            which("docker")
+        ),
+    );
+    envs.push(("PIC_DOCKER".into(), docker.display().to_string()));
+    envs
+}
+
+#[test]
+fn installs_through_forms_and_the_api_while_reads_stay_fast() {
+    if !require_rig() {
+        return;
+    }
+    let digest = image("web", "1", &["httpd", "-f", "-p", "8080"]);
+    let dir = TempDir::with_prefix("pic-http-rig");
+    let ns = Netns::new();
+    let mut store = Store::new(&dir);
+    let (web, needy) = ("ht-web", "ht-needy");
+    remove_compose_project(&format!("pic-{web}"));
+    store.add(web, web_manifest(web, &digest, &[]), WEB_TEMPLATE);
+    store.add(
+        needy,
+        web_manifest(needy, &digest, &["ht-missing"]),
+        WEB_TEMPLATE,
+    );
+    let programs = wrapped_programs(&dir, &ns, 4);
+    let mut envs: Vec<(&str, &str)> = programs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    envs.push(("PIC_SERVICE_POOL", "172.20.0.200-172.20.0.209"));
+    let s = Serve::start(&dir, &envs);
+
+    // Install from the admin page: 303 to the job page.
+    let cookie = s.login();
+    let home = s.page("/", &cookie);
+    assert!(home.body.contains(&format!("/ui/services/{web}/install")));
+    let csrf = csrf_of(&home.body);
+    let a = s.post_form(
+        &format!("/ui/services/{web}/install"),
+        &cookie,
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(a.status, 303, "{a:?}");
+    let location = a.header("Location").unwrap().to_string();
+    let job = location.trim_start_matches("/jobs/").to_string();
+    let running = s.page(&location, &cookie);
+    assert!(running
+        .body
+        .contains("http-equiv=\"refresh\" content=\"1\""));
+
+    // While the pull is held, reads answer at once.
+    let t = Instant::now();
+    let mut worst = Duration::ZERO;
+    let auth = s.bearer();
+    for _ in 0..100 {
+        for path in ["/api/services", "/healthz"] {
+            let t = Instant::now();
+            let a = request(s.addr, "GET", path, &[("Authorization", &auth)], b"");
+            assert_eq!(a.status, 200);
+            worst = worst.max(t.elapsed());
+        }
+    }
+    let during = s.api("GET", &format!("/api/jobs/{job}"), None).json();
+    eprintln!(
+        "200 reads during a held pull: worst {worst:?}, all in {:?}; job then {}",
+        t.elapsed(),
+        during["state"]
+    );
+    assert_ne!(
+        during["state"],
+        json!("done"),
+        "the pull was not held long enough"
+    );
+    assert!(worst < Duration::from_secs(1), "{worst:?}");
+
+    let j = s.wait_job(&job);
+    assert_eq!(j["ok"], json!(true), "{j}\n{}", s.log_text());
+    assert!(!j["lines"].as_array().unwrap().is_empty(), "{j}");
+    let done = s.page(&location, &cookie);
+    assert!(done.body.contains("succeeded"));
+    assert!(!done.body.contains("http-equiv=\"refresh\""));
+    let rec = s.api("GET", &format!("/api/services/{web}"), None);
+    assert_eq!(rec.status, 200);
+    assert_eq!(rec.json()["ip"], json!("172.20.0.200"));
+    let rule = "-A PIC_SERVICES -d 172.20.0.200/32 -p tcp -m tcp --dport 8080 -j ACCEPT";
+    assert_eq!(ns.iptables_save().matches(rule).count(), 1);
+    assert!(s
+        .page("/", &cookie)
+        .body
+        .contains(&format!("id=\"svc-{web}\"")));
+
+    // The JSON API waits and answers the result with the job's id.
+    let again = s.api("POST", &format!("/api/services/{web}/install"), None);
+    assert_eq!(again.status, 200, "{again:?}");
+    let j = again.json();
+    assert_eq!(
+        (j["ok"].clone(), j["already_installed"].clone()),
+        (json!(true), json!(true))
+    );
+    assert_eq!(
+        s.api(
+            "GET",
+            &format!("/api/jobs/{}", j["job"].as_str().unwrap()),
+            None
+        )
+        .json()["state"],
+        json!("done")
+    );
+    let conflict = s.api("POST", &format!("/api/services/{needy}/install"), None);
+    assert_eq!(conflict.status, 409, "{conflict:?}");
+    assert!(conflict.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("ht-missing"));
+    let up = s.api("POST", &format!("/api/services/{web}/update"), None);
+    assert_eq!(up.status, 200, "{up:?}");
+    assert_eq!(up.json()["updated"], json!(false));
+    let re = s.api("POST", "/api/reapply", None);
+    assert_eq!(re.status, 200, "{re:?}");
+    assert_eq!(re.json()["failed"], json!(0), "{}", re.body);
+    assert_eq!(ns.iptables_save().matches(rule).count(), 1);
+
+    let rm = s.api(
+        "POST",
+        &format!("/api/services/{web}/remove"),
+        Some(json!({"purge": true})),
+    );
+    assert_eq!(rm.status, 200, "{rm:?}");
+    assert_eq!(rm.json()["purged"], json!(true));
+    assert_eq!(
+        s.api("GET", &format!("/api/services/{web}"), None).status,
+        404
+    );
+    assert_eq!(
+        s.api("POST", &format!("/api/services/{web}/remove"), None)
+            .status,
+        404
+    );
+    assert!(compose_project_containers(&format!("pic-{web}")).is_empty());
+    assert_eq!(ns.iptables_save().matches(rule).count(), 0);
+}
