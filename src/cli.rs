@@ -218,13 +218,12 @@ fn dispatch(config: &Config, cmd: &str, rest: &[&str]) -> Result<i32> {
         "connection" => connection(config, rest),
         "peer" => peer(config, rest),
         "egress" => egress(config, rest),
-        "serve" => Err(not_yet(cmd)),
+        "serve" => {
+            Words::parse(cmd, rest, &[])?.exactly(cmd, &[])?;
+            crate::http::serve(config)
+        }
         _ => Err(Error::Usage(format!("unknown command {cmd:?}"))),
     }
-}
-
-fn not_yet(cmd: &str) -> Error {
-    Error::failed(cmd, "not available in this build")
 }
 
 /// Runs an operation with the real host, the store, and progress lines

@@ -8,6 +8,7 @@ pub mod docker;
 pub mod error;
 pub mod files;
 pub mod host;
+pub mod http;
 pub mod ids;
 pub mod manifest;
 pub mod net;

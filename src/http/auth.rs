@@ -1,0 +1,293 @@
+//! Who may ask: the Host allow-list, the API token, admin-page sessions
+//! with their CSRF tokens, and the per-address throttle on wrong tokens.
+//! Everything is in memory; a restart logs everyone out.
+
+use crate::token::{constant_time_eq, random_hex};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "pic_session";
+/// A session unused this long is forgotten.
+const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
+/// At most this many sessions; the least recently used goes first.
+const MAX_SESSIONS: usize = 256;
+/// Wrong tokens allowed before each further one costs a wait.
+const FREE_FAILURES: u32 = 5;
+/// The longest wait imposed after a wrong token.
+const MAX_LOCKOUT: Duration = Duration::from_secs(8);
+/// An address with no wrong token for this long starts afresh.
+const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
+const MAX_TRACKED_ADDRESSES: usize = 4096;
+
+/// Whether `host` (a Host header value) names one of `allowed`. Names
+/// compare case-insensitively; an allowed entry without a port allows
+/// any port, one with a port only that port.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let Some((name, port)) = split_host(host) else {
+        return false;
+    };
+    allowed.iter().any(|a| match split_host(a) {
+        Some((an, ap)) => an.eq_ignore_ascii_case(name) && (ap.is_none() || ap == port),
+        None => false,
+    })
+}
+
+/// `name[:port]`, where name may be a bracketed IPv6 address.
+fn split_host(s: &str) -> Option<(&str, Option<u16>)> {
+    let s = s.trim();
+    if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
+        return None;
+    }
+    if s.starts_with('[') {
+        let end = s.find(']')?;
+        let (name, rest) = s.split_at(end + 1);
+        return match rest {
+            "" => Some((name, None)),
+            r => Some((name, Some(r.strip_prefix(':')?.parse().ok()?))),
+        };
+    }
+    match s.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => Some((name, Some(port.parse().ok()?))),
+        Some(_) => None,
+        None => Some((s, None)),
+    }
+}
+
+/// Whether `given` is the API token, in time independent of the text.
+pub fn token_matches(given: &str, token: &str) -> bool {
+    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+/// `Bearer <token>` → the token.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let h = header?.trim();
+    let (scheme, rest) = h.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// A cookie's value from a `Cookie` header.
+pub fn cookie<'a>(header: Option<&'a str>, name: &str) -> Option<&'a str> {
+    header?.split(';').find_map(|part| {
+        let (k, v) = part.trim().split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+/// One logged-in browser.
+#[derive(Clone)]
+struct Session {
+    csrf: String,
+    last_seen: Instant,
+}
+
+/// The admin page's sessions.
+#[derive(Default)]
+pub struct Sessions {
+    inner: Mutex<HashMap<String, Session>>,
+}
+
+impl Sessions {
+    /// A new session: `(session id, csrf token)`.
+    pub fn create(&self) -> crate::error::Result<(String, String)> {
+        let id = random_hex(32)?;
+        let csrf = random_hex(32)?;
+        let mut map = self.lock();
+        map.retain(|_, s| s.last_seen.elapsed() < SESSION_IDLE);
+        if map.len() >= MAX_SESSIONS {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.last_seen)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(
+            id.clone(),
+            Session {
+                csrf: csrf.clone(),
+                last_seen: Instant::now(),
+            },
+        );
+        Ok((id, csrf))
+    }
+
+    /// The CSRF token of a live session, touching it.
+    pub fn csrf(&self, id: &str) -> Option<String> {
+        let mut map = self.lock();
+        let s = map.get_mut(id)?;
+        if s.last_seen.elapsed() >= SESSION_IDLE {
+            map.remove(id);
+            return None;
+        }
+        s.last_seen = Instant::now();
+        Some(s.csrf.clone())
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        // A panic elsewhere while holding the lock leaves a usable map.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Whether a form's CSRF field matches the session's token.
+pub fn csrf_ok(given: Option<&str>, expected: &str) -> bool {
+    given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()))
+}
+
+/// Wrong tokens per client address.
+#[derive(Default)]
+pub struct Throttle {
+    inner: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+#[derive(Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    locked_until: Option<Instant>,
+}
+
+impl Throttle {
+    /// `Some(wait)` while `ip` must wait before trying a token again.
+    pub fn wait(&self, ip: IpAddr) -> Option<Duration> {
+        let map = self.lock();
+        let until = map.get(&ip)?.locked_until?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Records a wrong token; returns how many `ip` has sent lately.
+    pub fn failed(&self, ip: IpAddr) -> u32 {
+        let mut map = self.lock();
+        let now = Instant::now();
+        if map.len() >= MAX_TRACKED_ADDRESSES {
+            map.retain(|_, f| f.last.elapsed() < FAILURE_MEMORY);
+        }
+        let f = map.entry(ip).or_insert(Failures {
+            count: 0,
+            last: now,
+            locked_until: None,
+        });
+        if f.last.elapsed() >= FAILURE_MEMORY {
+            f.count = 0;
+        }
+        f.count = f.count.saturating_add(1);
+        f.last = now;
+        if f.count >= FREE_FAILURES {
+            f.locked_until = Some(now + lockout(f.count));
+        }
+        f.count
+    }
+
+    /// A right token clears the address's record.
+    pub fn succeeded(&self, ip: IpAddr) {
+        self.lock().remove(&ip);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The wait after the `count`th wrong token: doubling from 250 ms, capped.
+fn lockout(count: u32) -> Duration {
+    let steps = count.saturating_sub(FREE_FAILURES).min(10);
+    (Duration::from_millis(250) * 2u32.pow(steps)).min(MAX_LOCKOUT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn host_allow_list() {
+        let allowed = hosts(&[
+            "localhost",
+            "127.0.0.1",
+            "[::1]",
+            "127.0.0.1:8420",
+            "Cell.Lan:80",
+        ]);
+        for ok in [
+            "localhost",
+            "LOCALHOST:8420",
+            "127.0.0.1:8420",
+            "127.0.0.1",
+            "[::1]:8420",
+            "[::1]",
+            "cell.lan:80",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "evil.com",
+            "localhost.evil.com",
+            "cell.lan:8080",
+            "cell.lan",
+            "",
+            "localhost:x",
+            "user@localhost",
+            "[::1",
+            "::1",
+        ] {
+            assert!(!host_allowed(bad, &allowed), "{bad}");
+        }
+        let only_port = hosts(&["10.0.0.2:8420"]);
+        assert!(!host_allowed("10.0.0.2:9999", &only_port));
+    }
+
+    #[test]
+    fn headers() {
+        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(Some("Basic abc")), None);
+        assert_eq!(bearer(None), None);
+        assert_eq!(
+            cookie(Some("a=1; pic_session=xyz; b=2"), COOKIE),
+            Some("xyz")
+        );
+        assert_eq!(cookie(Some("xpic_session=1"), COOKIE), None);
+        assert!(token_matches("abc\n", "abc"));
+        assert!(!token_matches("abd", "abc"));
+    }
+
+    #[test]
+    fn sessions_and_csrf() {
+        let s = Sessions::default();
+        let (id, csrf) = s.create().unwrap();
+        assert_eq!(s.csrf(&id).as_deref(), Some(csrf.as_str()));
+        assert!(csrf_ok(Some(&csrf), &csrf));
+        assert!(!csrf_ok(None, &csrf));
+        assert!(!csrf_ok(Some("x"), &csrf));
+        s.remove(&id);
+        assert_eq!(s.csrf(&id), None);
+    }
+
+    #[test]
+    fn throttle_grows_and_clears() {
+        let t = Throttle::default();
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        for _ in 0..4 {
+            t.failed(ip);
+        }
+        assert!(t.wait(ip).is_none());
+        t.failed(ip);
+        assert!(t.wait(ip).is_some());
+        assert_eq!(lockout(5), Duration::from_millis(250));
+        assert_eq!(lockout(6), Duration::from_millis(500));
+        assert_eq!(lockout(1000), MAX_LOCKOUT);
+        t.succeeded(ip);
+        assert!(t.wait(ip).is_none());
+    }
+}

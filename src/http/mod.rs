@@ -1,0 +1,297 @@
+//! `pic-store serve` (spec §12): a blocking `tiny_http` server answered by
+//! a fixed pool of worker threads, with one more thread that runs the
+//! mutations in order ([`jobs`]). A long install never blocks a read.
+//!
+//! tiny_http reads each connection's request headers on a thread of its
+//! own, so idle or slow-header clients never hold a worker. A body of up
+//! to 1 KiB arrives with the headers; a longer one (at most 64 KiB) is
+//! read on a thread of its own, so a slow upload never holds a worker
+//! either. The request is routed ([`router`]) inside `catch_unwind`.
+
+pub mod api;
+pub mod auth;
+pub mod forms;
+pub mod jobs;
+pub mod page;
+pub mod router;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::host::RealHost;
+use crate::ops::{Ctx, Session};
+use crate::store::StoreClient;
+use router::{Req, Resp};
+use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Worker threads answering requests.
+const WORKERS: usize = 8;
+/// The largest request body (spec §12).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Requests whose body is still arriving, each read on its own thread.
+const MAX_BODY_READERS: usize = 64;
+/// Oversized bodies announced this large are not drained (tiny_http would
+/// allocate the announced size); their connection is left to the client.
+const MAX_DRAIN: usize = 64 << 20;
+/// At most this many threads draining refused bodies at once.
+const MAX_DRAINERS: usize = 32;
+
+/// What every request handler shares.
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: Arc<StoreClient>,
+    pub token: String,
+    pub allowed_hosts: Vec<String>,
+    pub sessions: auth::Sessions,
+    pub throttle: auth::Throttle,
+    pub jobs: Arc<jobs::Jobs>,
+}
+
+/// Runs the server until it cannot accept connections any more.
+pub fn serve(config: &Config) -> Result<i32> {
+    let token = crate::token::load_or_create(&config.state_dir)?;
+    let store = Arc::new(StoreClient::from_config(config));
+    settle_pending(config, &store)?;
+    let server = tiny_http::Server::http(config.listen)
+        .map_err(|e| Error::failed(format!("listen on {}", config.listen), e))?;
+    let config = Arc::new(config.clone());
+    let jobs = jobs::Jobs::start(config.clone(), store.clone())?;
+    let app = Arc::new(App {
+        allowed_hosts: allowed_hosts(&config),
+        config: config.clone(),
+        store,
+        token,
+        sessions: auth::Sessions::default(),
+        throttle: auth::Throttle::default(),
+        jobs,
+    });
+    log::info!("pic-store serve: listening on http://{}", config.listen);
+    log::info!(
+        "admin page: run `pic-store token` for the login URL (http://{}/login?token=...)",
+        config.listen
+    );
+    run_workers(app, Arc::new(server))
+}
+
+/// Settles an operation a dead process left pending, before answering.
+fn settle_pending(config: &Config, store: &StoreClient) -> Result<()> {
+    let mut progress = |line: &str| log::info!("settle: {line}");
+    let mut ctx = Ctx {
+        config,
+        host: &RealHost,
+        store,
+        progress: &mut progress,
+    };
+    Session::open(&mut ctx, jobs::OP_LOCK_WAIT).map(drop)
+}
+
+/// `PIC_ALLOWED_HOSTS` plus the listen address, with and without its port.
+fn allowed_hosts(config: &Config) -> Vec<String> {
+    let mut hosts = config.allowed_hosts.clone();
+    let listen = config.listen;
+    let name = match listen.ip() {
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+    };
+    hosts.push(format!("{name}:{}", listen.port()));
+    if !listen.ip().is_unspecified() {
+        hosts.push(name);
+    }
+    hosts
+}
+
+fn run_workers(app: Arc<App>, server: Arc<tiny_http::Server>) -> Result<i32> {
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<String>();
+    for n in 0..WORKERS {
+        let (app, server, stop_tx) = (app.clone(), server.clone(), stop_tx.clone());
+        std::thread::Builder::new()
+            .name(format!("http-{n}"))
+            .spawn(move || loop {
+                match server.recv() {
+                    Ok(rq) => serve_one(&app, rq),
+                    Err(e) => {
+                        // tiny_http stops accepting after an accept error:
+                        // exit so the supervisor starts a fresh server.
+                        let _ = stop_tx.send(e.to_string());
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::failed("start the HTTP workers", e))?;
+    }
+    drop(stop_tx);
+    let reason = stop_rx
+        .recv()
+        .unwrap_or_else(|_| "every worker stopped".to_string());
+    Err(Error::failed(
+        "serve",
+        format!("the server stopped: {reason}"),
+    ))
+}
+
+/// How a request's body arrives.
+enum BodyPlan {
+    /// Already in memory, or none.
+    Ready,
+    /// Still on the socket: read it within the deadline.
+    Stream,
+    /// Announced larger than [`MAX_BODY`].
+    TooLarge(usize),
+}
+
+fn body_plan(rq: &tiny_http::Request) -> BodyPlan {
+    let header = |name: &'static str| {
+        rq.headers()
+            .iter()
+            .find(|h| h.field.equiv(name))
+            .map(|h| h.value.as_str().to_string())
+    };
+    if header("Transfer-Encoding").is_some() {
+        return BodyPlan::Stream;
+    }
+    match header("Content-Length").and_then(|v| v.trim().parse::<usize>().ok()) {
+        Some(n) if n > MAX_BODY => BodyPlan::TooLarge(n),
+        // tiny_http has read bodies up to 1 KiB already.
+        Some(n) if n > 1024 => BodyPlan::Stream,
+        _ => BodyPlan::Ready,
+    }
+}
+
+fn serve_one(app: &Arc<App>, mut rq: tiny_http::Request) {
+    match body_plan(&rq) {
+        BodyPlan::TooLarge(n) => refuse_large(rq, n),
+        BodyPlan::Ready => match read_body(&mut rq) {
+            Ok(body) => answer(app, rq, body),
+            Err(r) => respond(rq, r),
+        },
+        BodyPlan::Stream => read_body_elsewhere(app, rq),
+    }
+}
+
+/// Routes a request whose body is read, catching panics, and answers.
+fn answer(app: &App, rq: tiny_http::Request, body: Vec<u8>) {
+    let started = Instant::now();
+    let req = to_req(&rq, body);
+    let resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| router::handle(app, &req)))
+        .unwrap_or_else(|_| {
+            log::error!("panic while answering {} {}", req.method, req.path);
+            Resp::error(500, "internal error (see the server log)", vec![])
+        });
+    log::debug!(
+        "{} {} {} {} ms",
+        req.method,
+        crate::ids::truncate(&req.path, 120),
+        resp.status,
+        started.elapsed().as_millis()
+    );
+    respond(rq, resp);
+}
+
+/// Reads at most [`MAX_BODY`] + 1 bytes: one more means too large.
+fn read_body(rq: &mut tiny_http::Request) -> std::result::Result<Vec<u8>, Resp> {
+    let mut body = Vec::new();
+    match rq
+        .as_reader()
+        .take(MAX_BODY as u64 + 1)
+        .read_to_end(&mut body)
+    {
+        Ok(_) if body.len() > MAX_BODY => Err(too_large()),
+        Ok(_) => Ok(body),
+        Err(e) => Err(Resp::error(400, &format!("reading the body: {e}"), vec![])),
+    }
+}
+
+static BODY_READERS: AtomicUsize = AtomicUsize::new(0);
+
+/// A body still on the socket is read, and its request answered, on a
+/// thread of its own: a client that sends slowly (or never) costs that
+/// thread, never a worker. Past [`MAX_BODY_READERS`] of them: 503.
+fn read_body_elsewhere(app: &Arc<App>, mut rq: tiny_http::Request) {
+    if BODY_READERS.fetch_add(1, Ordering::SeqCst) >= MAX_BODY_READERS {
+        BODY_READERS.fetch_sub(1, Ordering::SeqCst);
+        log::warn!("too many request bodies being read; answered 503");
+        return respond(
+            rq,
+            Resp::error(503, "too many uploads at once; retry", vec![]).with("Retry-After", "5"),
+        );
+    }
+    let app = app.clone();
+    let spawned = std::thread::Builder::new()
+        .name("http-body".into())
+        .spawn(move || {
+            match read_body(&mut rq) {
+                Ok(body) => answer(&app, rq, body),
+                Err(r) => respond(rq, r),
+            }
+            BODY_READERS.fetch_sub(1, Ordering::SeqCst);
+        });
+    if let Err(e) = spawned {
+        BODY_READERS.fetch_sub(1, Ordering::SeqCst);
+        log::error!("cannot start a thread to read a request body: {e}");
+    }
+}
+
+fn too_large() -> Resp {
+    Resp::error(
+        413,
+        &format!("request body larger than {} KiB", MAX_BODY / 1024),
+        vec![],
+    )
+}
+
+static DRAINERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Answers 413 without reading the announced body. tiny_http drains the
+/// rest of a body when a request is dropped, so the answer is sent from
+/// a helper thread and a worker never waits on the client.
+fn refuse_large(rq: tiny_http::Request, announced: usize) {
+    log::warn!("refused a {announced}-byte request body");
+    if announced > MAX_DRAIN || DRAINERS.fetch_add(1, Ordering::SeqCst) >= MAX_DRAINERS {
+        if announced <= MAX_DRAIN {
+            DRAINERS.fetch_sub(1, Ordering::SeqCst);
+        }
+        // Dropping it would make tiny_http allocate the announced size.
+        std::mem::forget(rq);
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("http-drain".into())
+        .spawn(move || {
+            respond(rq, too_large());
+            DRAINERS.fetch_sub(1, Ordering::SeqCst);
+        });
+    if spawned.is_err() {
+        DRAINERS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn to_req(rq: &tiny_http::Request, body: Vec<u8>) -> Req {
+    let url = rq.url();
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    Req {
+        method: rq.method().as_str().to_ascii_uppercase(),
+        path: path.to_string(),
+        query: query.to_string(),
+        headers: rq
+            .headers()
+            .iter()
+            .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
+            .collect(),
+        body,
+        remote: rq.remote_addr().map(|a| a.ip()),
+    }
+}
+
+fn respond(rq: tiny_http::Request, resp: Resp) {
+    let mut out = tiny_http::Response::from_data(resp.body).with_status_code(resp.status);
+    for (k, v) in &resp.headers {
+        if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+            out.add_header(h);
+        }
+    }
+    if let Err(e) = rq.respond(out) {
+        log::debug!("could not send an answer: {e}");
+    }
+}

@@ -1,0 +1,987 @@
+//! `pic-store serve` over real TCP (spec §12): every API row with and
+//! without the token, request hygiene (Host, 405, 413, bodies), the admin
+//! page's login, CSRF and escaping, token throttling, idle and slow
+//! clients, and installs through the API and the forms on the real rig.
+//! The HTTP client is a few lines over `TcpStream`, so the tests see the
+//! bytes the server sends.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+// --- a small HTTP client ---------------------------------------------------------
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// Writes `raw` and reads one answer (by its Content-Length).
+fn send_raw(addr: SocketAddr, raw: &[u8]) -> Answer {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
+    s.write_all(raw).expect("write request");
+    read_answer(&mut s)
+}
+
+fn read_answer(s: &mut TcpStream) -> Answer {
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).expect("read status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).expect("read header");
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).expect("read body");
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn build(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("Host")) {
+        raw.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    raw.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut raw = raw.into_bytes();
+    raw.extend_from_slice(body);
+    raw
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
+    send_raw(addr, &build(addr, method, path, headers, body))
+}
+
+// --- the server under test -------------------------------------------------------
+
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+    token: String,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Serve {
+    fn start(dir: &TempDir, envs: &[(&str, &str)]) -> Serve {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let listen = addr.to_string();
+        let mut all: Vec<(&str, &str)> = vec![("PIC_LISTEN", &listen)];
+        all.extend_from_slice(envs);
+        let log = dir.join(format!("serve-{}.log", addr.port()));
+        let file = std::fs::File::create(&log).expect("create log");
+        let child = pic_command(dir, &all, &["serve"])
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start pic-store serve");
+        let mut s = Serve {
+            child,
+            addr,
+            token: String::new(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = TcpStream::connect(addr) {
+                let _ = c.write_all(&build(addr, "GET", "/healthz", &[], b""));
+                if read_answer_opt(&mut c).is_some_and(|a| a.status == 200) {
+                    break;
+                }
+            }
+            if let Ok(Some(st)) = s.child.try_wait() {
+                panic!("serve exited ({st}):\n{}", s.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not answer:\n{}",
+                s.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let token = std::fs::read_to_string(dir.state_dir().join("api-token")).expect("token file");
+        s.token = token.trim().to_string();
+        s
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// An authenticated API call with an optional JSON body.
+    fn api(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let auth = self.bearer();
+        let text = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut h = vec![("Authorization", auth.as_str())];
+        if !text.is_empty() {
+            h.push(("Content-Type", "application/json"));
+        }
+        request(self.addr, method, path, &h, text.as_bytes())
+    }
+
+    fn api_form(&self, method: &str, path: &str, form: &str) -> Answer {
+        let auth = self.bearer();
+        request(
+            self.addr,
+            method,
+            path,
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            form.as_bytes(),
+        )
+    }
+
+    /// Logs in with the token URL; returns the session cookie.
+    fn login(&self) -> String {
+        let a = request(
+            self.addr,
+            "GET",
+            &format!("/login?token={}", self.token),
+            &[],
+            b"",
+        );
+        assert_eq!(a.status, 303, "{a:?}");
+        assert_eq!(a.header("Location"), Some("/"));
+        let cookie = a
+            .header("Set-Cookie")
+            .expect("a session cookie")
+            .to_string();
+        for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+            assert!(cookie.contains(attr), "{cookie}");
+        }
+        cookie.split(';').next().unwrap().to_string()
+    }
+
+    fn page(&self, path: &str, cookie: &str) -> Answer {
+        request(self.addr, "GET", path, &[("Cookie", cookie)], b"")
+    }
+
+    fn post_form(&self, path: &str, cookie: &str, form: &str) -> Answer {
+        request(
+            self.addr,
+            "POST",
+            path,
+            &[
+                ("Cookie", cookie),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            form.as_bytes(),
+        )
+    }
+
+    /// Follows a job until it ends; returns its JSON.
+    fn wait_job(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let j = self.api("GET", &format!("/api/jobs/{id}"), None).json();
+            if j["state"] == "done" {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not end: {j}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn read_answer_opt(s: &mut TcpStream) -> Option<Answer> {
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut peek = [0u8; 1];
+    s.peek(&mut peek).ok()?;
+    Some(read_answer(s))
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The CSRF token of the admin page's forms.
+fn csrf_of(html: &str) -> String {
+    let key = r#"name="csrf" value=""#;
+    let start = html.find(key).expect("a CSRF field") + key.len();
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+fn state_file(dir: &TempDir) -> Option<Vec<u8>> {
+    std::fs::read(dir.state_dir().join("state.json")).ok()
+}
+
+// --- without the rig: routing, auth, hygiene --------------------------------------
+
+const XSS_NAME: &str = "<script>alert(1)</script>";
+
+/// A store with one harmless-looking entry whose name is markup.
+fn xss_store(dir: &TempDir) -> Store {
+    let mut store = Store::new(dir);
+    store.add(
+        "xss",
+        json!({"id": "xss", "name": XSS_NAME, "version": "1\"><b>", "description": "<img src=x onerror=alert(2)>"}),
+        "services: {}\n",
+    );
+    store
+}
+
+/// Every row of spec §12's table, as (method, path).
+const API_ROWS: &[(&str, &str)] = &[
+    ("GET", "/api/status"),
+    ("GET", "/api/services"),
+    ("GET", "/api/services/xss"),
+    ("POST", "/api/services/xss/install"),
+    ("POST", "/api/services/xss/remove"),
+    ("POST", "/api/services/xss/update"),
+    ("GET", "/api/jobs/0123"),
+    ("GET", "/api/connections"),
+    ("POST", "/api/connections"),
+    ("DELETE", "/api/connections/vpn"),
+    ("PUT", "/api/peers/10.0.0.2/route"),
+    ("DELETE", "/api/peers/10.0.0.2/route"),
+    ("GET", "/api/peers"),
+    ("PUT", "/api/services/xss/egress"),
+    ("DELETE", "/api/services/xss/egress"),
+    ("GET", "/api/settings"),
+    ("PUT", "/api/settings"),
+    ("POST", "/api/reapply"),
+];
+
+#[test]
+fn every_api_row_needs_the_token() {
+    let dir = TempDir::with_prefix("pic-http");
+    let _store = xss_store(&dir);
+    let s = Serve::start(&dir, &[]);
+    let health = request(s.addr, "GET", "/healthz", &[], b"");
+    assert_eq!((health.status, health.body.trim()), (200, "ok"));
+    for (method, path) in API_ROWS {
+        for auth in [None, Some("Bearer nope"), Some("Basic abc")] {
+            let h: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+            let a = request(s.addr, method, path, &h, b"");
+            // Wrong tokens are throttled after a few: 429 is also a refusal.
+            assert!(
+                a.status == 401 || a.status == 429,
+                "{method} {path} with {auth:?}: {a:?}"
+            );
+            let j = a.json();
+            assert_eq!(j["ok"], json!(false));
+            assert!(j["error"].is_string() && j["errors"].is_array(), "{j}");
+        }
+    }
+    assert!(s.log_text().contains("wrong API token"));
+    assert_eq!(
+        state_file(&dir),
+        None,
+        "a refused request changed the state"
+    );
+}
+
+#[test]
+fn reads_answer_with_the_token() {
+    let dir = TempDir::with_prefix("pic-http");
+    let _store = xss_store(&dir);
+    let s = Serve::start(&dir, &[]);
+
+    let st = s.api("GET", "/api/status", None);
+    assert_eq!(st.status, 200, "{st:?}");
+    let j = st.json();
+    assert_eq!(j["version"], json!(env!("CARGO_PKG_VERSION")));
+    assert!(j["pending"].is_null() && j["services"] == json!(0), "{j}");
+
+    let sv = s.api("GET", "/api/services", None).json();
+    assert_eq!(sv["available"][0]["id"], json!("xss"));
+    assert_eq!(sv["available"][0]["name"], json!(XSS_NAME));
+    assert_eq!(sv["installed"], json!({}));
+    assert_eq!(sv["stale"], json!(false));
+    // The index has been fetched: status now dates it.
+    let j = s.api("GET", "/api/status", None).json();
+    assert_eq!(j["index"]["stale"], json!(false), "{j}");
+
+    let a = s.api("GET", "/api/services/xss", None);
+    assert_eq!(a.status, 404, "{a:?}");
+    let a = s.api("GET", "/api/services/Bad..Id", None);
+    assert_eq!(a.status, 400, "{a:?}");
+    assert!(!a.json()["errors"].as_array().unwrap().is_empty());
+    assert_eq!(s.api("GET", "/api/jobs/nope", None).status, 404);
+    assert_eq!(
+        s.api("GET", "/api/connections", None).json(),
+        json!({"connections": {}})
+    );
+    assert_eq!(s.api("GET", "/api/connections/none", None).status, 404);
+    assert_eq!(
+        s.api("GET", "/api/peers", None).json(),
+        json!({"routes": {}})
+    );
+    assert_eq!(
+        s.api("GET", "/api/settings", None).json(),
+        json!({"image_verification_mode": "warn"})
+    );
+    let nf = s.api("GET", "/api/nothing/here", None);
+    assert_eq!(nf.status, 404);
+    assert_eq!(nf.json()["ok"], json!(false));
+}
+
+#[test]
+fn methods_bodies_and_refusals() {
+    let dir = TempDir::with_prefix("pic-http");
+    let _store = xss_store(&dir);
+    let s = Serve::start(&dir, &[]);
+
+    // 405 names the methods the path has.
+    for (method, path, allow) in [
+        ("DELETE", "/api/services", "GET"),
+        ("GET", "/api/services/xss/install", "POST"),
+        ("PATCH", "/api/settings", "GET, PUT"),
+        ("GET", "/api/peers/10.0.0.2/route", "PUT, DELETE"),
+        ("POST", "/api/jobs/x", "GET"),
+        ("GET", "/ui/reapply", "POST"),
+        ("GET", "/logout", "POST"),
+    ] {
+        let a = s.api(method, path, None);
+        assert_eq!(a.status, 405, "{method} {path}: {a:?}");
+        assert_eq!(a.header("Allow"), Some(allow), "{method} {path}");
+    }
+
+    // Invalid ids and addresses are 400 with every problem listed, in
+    // JSON and in form bodies alike.
+    for (method, path, body) in [
+        ("POST", "/api/services/UPPER/install", json!({})),
+        (
+            "PUT",
+            "/api/peers/10.0.0.300/route",
+            json!({"connection": "vpn"}),
+        ),
+        ("PUT", "/api/peers/10.0.0.2/route", json!({})),
+        (
+            "PUT",
+            "/api/peers/10.0.0.2/route",
+            json!({"connection": "../x"}),
+        ),
+        ("PUT", "/api/services/xss/egress", json!({"connection": 7})),
+        (
+            "PUT",
+            "/api/settings",
+            json!({"image_verification_mode": "sometimes"}),
+        ),
+        ("POST", "/api/connections", json!({"service": "proxy"})),
+        (
+            "POST",
+            "/api/connections",
+            json!({"service": "proxy", "name": "a", "env": {"K": 1}}),
+        ),
+    ] {
+        let a = s.api(method, path, Some(body.clone()));
+        assert_eq!(a.status, 400, "{method} {path} {body}: {a:?}");
+        let j = a.json();
+        assert_eq!(j["ok"], json!(false));
+        assert!(!j["errors"].as_array().unwrap().is_empty(), "{j}");
+    }
+    for (method, path, form) in [
+        ("PUT", "/api/settings", "image_verification_mode=sometimes"),
+        ("PUT", "/api/peers/10.0.0.2/route", "connection=Bad%20Name"),
+        (
+            "POST",
+            "/api/connections",
+            "service=proxy&name=a&env=NOEQUALS",
+        ),
+        ("PUT", "/api/settings", "image_verification_mode=%zz"),
+    ] {
+        let a = s.api_form(method, path, form);
+        assert_eq!(a.status, 400, "{method} {path} {form}: {a:?}");
+        assert!(!a.json()["errors"].as_array().unwrap().is_empty());
+    }
+    // Bodies must be JSON or a form.
+    let auth = s.bearer();
+    let a = request(
+        s.addr,
+        "PUT",
+        "/api/settings",
+        &[("Authorization", &auth), ("Content-Type", "text/plain")],
+        b"image_verification_mode=off",
+    );
+    assert_eq!(a.status, 400, "{a:?}");
+    let a = request(
+        s.addr,
+        "PUT",
+        "/api/settings",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        b"{not json",
+    );
+    assert_eq!(a.status, 400, "{a:?}");
+
+    // An id the store does not list: 404; removing what is not installed: 404.
+    let a = s.api("POST", "/api/services/nosuch/install", None);
+    assert_eq!(a.status, 404, "{a:?}");
+    assert!(a.json()["job"].is_string());
+    let a = s.api_form("POST", "/api/services/xss/remove", "purge=1");
+    assert_eq!(a.status, 404, "{a:?}");
+
+    // Host allow-list: 403 for another name, and without a Host; 400 for two.
+    let a = request(s.addr, "GET", "/healthz", &[("Host", "evil.example")], b"");
+    assert_eq!(a.status, 403, "{a:?}");
+    let a = request(
+        s.addr,
+        "GET",
+        "/healthz",
+        &[("Host", "LOCALHOST:8420")],
+        b"",
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = send_raw(s.addr, b"GET /healthz HTTP/1.0\r\n\r\n");
+    assert_eq!(a.status, 403, "{a:?}");
+    let a = request(
+        s.addr,
+        "GET",
+        "/healthz",
+        &[("Host", "localhost"), ("Host", "evil.example")],
+        b"",
+    );
+    assert_eq!(a.status, 400, "{a:?}");
+
+    // 413: one byte over 64 KiB, read and refused...
+    let big = vec![b'a'; 64 * 1024 + 1];
+    let a = request(
+        s.addr,
+        "PUT",
+        "/api/settings",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        &big,
+    );
+    assert_eq!(a.status, 413, "{a:?}");
+    // ...exactly 64 KiB is read (and is bad JSON, so 400).
+    let a = request(
+        s.addr,
+        "PUT",
+        "/api/settings",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        &big[..64 * 1024],
+    );
+    assert_eq!(a.status, 400, "{a:?}");
+    // ...a chunked body over the limit too...
+    let mut chunked = format!(
+        "PUT /api/settings HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        s.addr
+    )
+    .into_bytes();
+    for _ in 0..17 {
+        chunked.extend_from_slice(b"1000\r\n");
+        chunked.extend_from_slice(&[b' '; 4096]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(send_raw(s.addr, &chunked).status, 413);
+    // ...and a declared 10 MB body is refused without being sent.
+    let t = Instant::now();
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        c,
+        "POST /api/reapply HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: 10485760\r\n\r\n",
+        s.addr
+    )
+    .unwrap();
+    let a = read_answer(&mut c);
+    assert_eq!(a.status, 413, "{a:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    drop(c);
+
+    assert_eq!(
+        state_file(&dir),
+        None,
+        "a refused request changed the state"
+    );
+}
+
+#[test]
+fn admin_page_escapes_store_text_and_refuses_cross_site_posts() {
+    let dir = TempDir::with_prefix("pic-http");
+    let _store = xss_store(&dir);
+    let s = Serve::start(&dir, &[]);
+
+    // Not logged in: to the login form.
+    let a = request(s.addr, "GET", "/", &[], b"");
+    assert_eq!((a.status, a.header("Location")), (303, Some("/login")));
+    let form = request(s.addr, "GET", "/login", &[], b"");
+    assert_eq!(form.status, 200);
+    assert!(form.body.contains(r#"name="token""#));
+    let wrong = request(
+        s.addr,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"token=nope",
+    );
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.header("Set-Cookie").is_none());
+    let ok = request(
+        s.addr,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        format!("token={}", s.token).as_bytes(),
+    );
+    assert_eq!(ok.status, 303, "{ok:?}");
+    assert!(ok.header("Set-Cookie").is_some());
+
+    let cookie = s.login();
+    let home = s.page("/", &cookie);
+    assert_eq!(home.status, 200, "{home:?}");
+    for (name, value) in [
+        (
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        ("X-Frame-Options", "DENY"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+        ("Cache-Control", "no-store"),
+    ] {
+        assert_eq!(home.header(name), Some(value), "{name}");
+    }
+    assert!(home.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(home.body.contains("&lt;img src=x onerror=alert(2)&gt;"));
+    assert!(home.body.contains("1&quot;&gt;&lt;b&gt;"));
+    assert!(!home.body.contains("<script"), "unescaped markup");
+    assert!(!home.body.contains("<img"), "unescaped markup");
+    let css = request(s.addr, "GET", "/style.css", &[], b"");
+    assert_eq!(css.status, 200);
+    assert!(css.header("Content-Type").unwrap().starts_with("text/css"));
+
+    // A page on another origin posting with the victim's cookie: no
+    // CSRF token, or a wrong one, or another Origin: 403, nothing queued.
+    let csrf = csrf_of(&home.body);
+    let before = state_file(&dir);
+    for (form, origin) in [
+        ("".to_string(), None),
+        ("csrf=0000".to_string(), None),
+        (format!("csrf={csrf}"), Some("http://evil.example")),
+        (format!("csrf={csrf}"), Some("null")),
+    ] {
+        let mut h = vec![
+            ("Cookie", cookie.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        if let Some(o) = origin {
+            h.push(("Origin", o));
+        }
+        for path in [
+            "/ui/services/xss/install",
+            "/ui/settings",
+            "/ui/reapply",
+            "/logout",
+        ] {
+            let a = request(s.addr, "POST", path, &h, form.as_bytes());
+            assert_eq!(a.status, 403, "{path} {form} {origin:?}: {a:?}");
+        }
+    }
+    // Without the cookie a form post is refused too.
+    let a = request(
+        s.addr,
+        "POST",
+        "/ui/reapply",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        format!("csrf={csrf}").as_bytes(),
+    );
+    assert_eq!(a.status, 403);
+    assert_eq!(state_file(&dir), before, "a refused form changed the state");
+    let st = s.api("GET", "/api/status", None).json();
+    assert_eq!(st["jobs"], json!([]), "a refused form queued a job");
+    assert!(s.log_text().contains("CSRF"));
+
+    // With the token, a form post becomes a job with a page of its own.
+    let a = s.post_form("/ui/services/xss/install", &cookie, &format!("csrf={csrf}"));
+    assert_eq!(a.status, 303, "{a:?}");
+    let location = a.header("Location").unwrap().to_string();
+    let job = location.strip_prefix("/jobs/").expect("a job page");
+    let j = s.wait_job(job);
+    assert_eq!(j["ok"], json!(false), "{j}");
+    assert!(j["error"].as_str().unwrap().contains("xss"), "{j}");
+    let page = s.page(&location, &cookie);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("failed"), "{}", page.body);
+    assert!(!page.body.contains("http-equiv=\"refresh\""));
+    assert_eq!(s.page(&location, "pic_session=forged").status, 303);
+
+    // Log out: the cookie stops working.
+    let a = s.post_form("/logout", &cookie, &format!("csrf={csrf}"));
+    assert_eq!(a.status, 303);
+    assert!(a.header("Set-Cookie").unwrap().contains("Max-Age=0"));
+    assert_eq!(s.page("/", &cookie).status, 303);
+}
+
+#[test]
+fn wrong_tokens_are_throttled_and_logged_then_the_right_one_works() {
+    let dir = TempDir::with_prefix("pic-http");
+    let _store = xss_store(&dir);
+    let s = Serve::start(&dir, &[]);
+    let mut counts = std::collections::BTreeMap::<u16, usize>::new();
+    let mut retry_after = 0u64;
+    let t = Instant::now();
+    for i in 0..1000 {
+        let auth = format!("Bearer wrong{i}");
+        let a = request(
+            s.addr,
+            "GET",
+            "/api/status",
+            &[("Authorization", &auth)],
+            b"",
+        );
+        *counts.entry(a.status).or_default() += 1;
+        if a.status == 429 {
+            retry_after = a.header("Retry-After").unwrap().parse().unwrap();
+        }
+    }
+    eprintln!("1000 wrong tokens in {:?}: {counts:?}", t.elapsed());
+    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), vec![401, 429]);
+    assert!(counts[&429] > 900, "{counts:?}");
+    // The login form is throttled the same way.
+    let a = request(s.addr, "GET", "/login?token=wrong", &[], b"");
+    assert_eq!(a.status, 429);
+    let log = s.log_text();
+    assert!(log.matches("wrong API token").count() >= 5, "{log}");
+    assert!(log.matches("throttled").count() >= 900);
+    // The lock-out expires: the right token works again.
+    assert!((1..=9).contains(&retry_after), "{retry_after}");
+    std::thread::sleep(Duration::from_secs(retry_after));
+    let a = s.api("GET", "/api/status", None);
+    assert_eq!(a.status, 200, "{a:?}");
+}
+
+#[test]
+fn idle_and_slow_clients_do_not_stop_new_ones() {
+    let dir = TempDir::with_prefix("pic-http");
+    let _store = xss_store(&dir);
+    let s = Serve::start(&dir, &[]);
+    let mut idle = Vec::new();
+    for i in 0..200 {
+        let mut c = TcpStream::connect(s.addr).expect("open an idle connection");
+        if i % 2 == 0 {
+            // Half send part of a request line and stop.
+            let _ = c.write_all(b"GET /api/sta");
+        }
+        idle.push(c);
+    }
+    // More clients than workers announce a body and send it slowly.
+    let auth = s.bearer();
+    for _ in 0..12 {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        write!(
+            c,
+            "PUT /api/settings HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{{",
+            s.addr
+        )
+        .unwrap();
+        idle.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut worst = Duration::ZERO;
+    for path in ["/healthz", "/api/services", "/healthz"] {
+        let t = Instant::now();
+        let a = request(s.addr, "GET", path, &[("Authorization", &auth)], b"");
+        assert_eq!(a.status, 200, "{path}: {a:?}");
+        worst = worst.max(t.elapsed());
+    }
+    eprintln!("with 200 idle and 12 slow-body connections open, worst answer took {worst:?}");
+    assert!(worst < Duration::from_secs(1), "{worst:?}");
+    drop(idle);
+}
+
+// --- on the rig: real installs -------------------------------------------------------
+
+const WEB_TEMPLATE: &str = r#"services:
+  web:
+    image: ${IMAGE}
+    container_name: ${CONTAINER_NAME}
+    command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
+    volumes:
+      - ${DATA_DIR}:/www
+    networks:
+      - ${NETWORK}
+networks:
+  ${NETWORK}:
+    external: true
+"#;
+
+fn web_manifest(id: &str, digest: &str, requires: &[&str]) -> Value {
+    json!({
+        "id": id, "name": format!("Web {id}"), "version": "1.0", "author": "tests",
+        "image": image_ref("web", "1", digest),
+        "container_name": format!("pt-{id}"),
+        "requires": requires,
+        "iptables_rules": [{"type": "ACCEPT", "dest_ip": "${SERVICE_IP}", "dest_port": 8080}],
+        "subdomain": id, "backend": format!("pt-{id}:8080"),
+        "description": "a busybox web page"
+    })
+}
+
+fn which(program: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .expect("run sh");
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!p.is_empty(), "{program} not found");
+    p
+}
+
+/// Writes an executable shell script.
+fn script(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// `PIC_*` program overrides that run iptables and ip inside `ns` (so
+/// `serve` can listen on the host's loopback while its rules stay in the
+/// namespace) and a docker whose `compose pull` first sleeps
+/// `pull_delay` seconds. The delay is a stand-in for a slow registry,
+/// for timing only; the real docker does the work.
+fn wrapped_programs(dir: &TempDir, ns: &Netns, pull_delay: u32) -> Vec<(String, String)> {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let ip = which("ip");
+    let mut envs = Vec::new();
+    for (var, prog) in [
+        ("PIC_IPTABLES", "iptables"),
+        ("PIC_IPTABLES_RESTORE", "iptables-restore"),
+        ("PIC_IPTABLES_SAVE", "iptables-save"),
+        ("PIC_IP", "ip"),
+    ] {
+        let path = bin.join(prog);
+        script(
+            &path,
+            &format!(
+                "#!/bin/sh\nexec {ip} netns exec {} {} \"$@\"\n",
+                ns.name(),
+                which(prog)
+            ),
+        );
+        envs.push((var.to_string(), path.display().to_string()));
+    }
+    let docker = bin.join("docker");
+    script(
+        &docker,
+        &format!(
+            "#!/bin/sh\ncase \" $* \" in *\" compose \"*\" pull \"*) sleep {pull_delay};; esac\nexec {} \"$@\"\n",
+            which("docker")
+        ),
+    );
+    envs.push(("PIC_DOCKER".into(), docker.display().to_string()));
+    envs
+}
+
+#[test]
+fn installs_through_forms_and_the_api_while_reads_stay_fast() {
+    if !require_rig() {
+        return;
+    }
+    let digest = image("web", "1", &["httpd", "-f", "-p", "8080"]);
+    let dir = TempDir::with_prefix("pic-http-rig");
+    let ns = Netns::new();
+    let mut store = Store::new(&dir);
+    let (web, needy) = ("ht-web", "ht-needy");
+    remove_compose_project(&format!("pic-{web}"));
+    store.add(web, web_manifest(web, &digest, &[]), WEB_TEMPLATE);
+    store.add(
+        needy,
+        web_manifest(needy, &digest, &["ht-missing"]),
+        WEB_TEMPLATE,
+    );
+    let programs = wrapped_programs(&dir, &ns, 4);
+    let mut envs: Vec<(&str, &str)> = programs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    envs.push(("PIC_SERVICE_POOL", "172.20.0.200-172.20.0.209"));
+    let s = Serve::start(&dir, &envs);
+
+    // Install from the admin page: 303 to the job page.
+    let cookie = s.login();
+    let home = s.page("/", &cookie);
+    assert!(home.body.contains(&format!("/ui/services/{web}/install")));
+    let csrf = csrf_of(&home.body);
+    let a = s.post_form(
+        &format!("/ui/services/{web}/install"),
+        &cookie,
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(a.status, 303, "{a:?}");
+    let location = a.header("Location").unwrap().to_string();
+    let job = location.trim_start_matches("/jobs/").to_string();
+    let running = s.page(&location, &cookie);
+    assert!(running
+        .body
+        .contains("http-equiv=\"refresh\" content=\"1\""));
+
+    // While the pull is held, reads answer at once.
+    let t = Instant::now();
+    let mut worst = Duration::ZERO;
+    let auth = s.bearer();
+    for _ in 0..100 {
+        for path in ["/api/services", "/healthz"] {
+            let t = Instant::now();
+            let a = request(s.addr, "GET", path, &[("Authorization", &auth)], b"");
+            assert_eq!(a.status, 200);
+            worst = worst.max(t.elapsed());
+        }
+    }
+    let during = s.api("GET", &format!("/api/jobs/{job}"), None).json();
+    eprintln!(
+        "200 reads during a held pull: worst {worst:?}, all in {:?}; job then {}",
+        t.elapsed(),
+        during["state"]
+    );
+    assert_ne!(
+        during["state"],
+        json!("done"),
+        "the pull was not held long enough"
+    );
+    assert!(worst < Duration::from_secs(1), "{worst:?}");
+
+    let j = s.wait_job(&job);
+    assert_eq!(j["ok"], json!(true), "{j}\n{}", s.log_text());
+    assert!(!j["lines"].as_array().unwrap().is_empty(), "{j}");
+    let done = s.page(&location, &cookie);
+    assert!(done.body.contains("succeeded"));
+    assert!(!done.body.contains("http-equiv=\"refresh\""));
+    let rec = s.api("GET", &format!("/api/services/{web}"), None);
+    assert_eq!(rec.status, 200);
+    assert_eq!(rec.json()["ip"], json!("172.20.0.200"));
+    let rule = "-A PIC_SERVICES -d 172.20.0.200/32 -p tcp -m tcp --dport 8080 -j ACCEPT";
+    assert_eq!(ns.iptables_save().matches(rule).count(), 1);
+    assert!(s
+        .page("/", &cookie)
+        .body
+        .contains(&format!("id=\"svc-{web}\"")));
+
+    // The JSON API waits and answers the result with the job's id.
+    let again = s.api("POST", &format!("/api/services/{web}/install"), None);
+    assert_eq!(again.status, 200, "{again:?}");
+    let j = again.json();
+    assert_eq!(
+        (j["ok"].clone(), j["already_installed"].clone()),
+        (json!(true), json!(true))
+    );
+    assert_eq!(
+        s.api(
+            "GET",
+            &format!("/api/jobs/{}", j["job"].as_str().unwrap()),
+            None
+        )
+        .json()["state"],
+        json!("done")
+    );
+    let conflict = s.api("POST", &format!("/api/services/{needy}/install"), None);
+    assert_eq!(conflict.status, 409, "{conflict:?}");
+    assert!(conflict.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("ht-missing"));
+    let up = s.api("POST", &format!("/api/services/{web}/update"), None);
+    assert_eq!(up.status, 200, "{up:?}");
+    assert_eq!(up.json()["updated"], json!(false));
+    let re = s.api("POST", "/api/reapply", None);
+    assert_eq!(re.status, 200, "{re:?}");
+    assert_eq!(re.json()["failed"], json!(0), "{}", re.body);
+    assert_eq!(ns.iptables_save().matches(rule).count(), 1);
+
+    let rm = s.api(
+        "POST",
+        &format!("/api/services/{web}/remove"),
+        Some(json!({"purge": true})),
+    );
+    assert_eq!(rm.status, 200, "{rm:?}");
+    assert_eq!(rm.json()["purged"], json!(true));
+    assert_eq!(
+        s.api("GET", &format!("/api/services/{web}"), None).status,
+        404
+    );
+    assert_eq!(
+        s.api("POST", &format!("/api/services/{web}/remove"), None)
+            .status,
+        404
+    );
+    assert!(compose_project_containers(&format!("pic-{web}")).is_empty());
+    assert_eq!(ns.iptables_save().matches(rule).count(), 0);
+}
