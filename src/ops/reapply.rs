@@ -149,17 +149,50 @@ fn up_offline(ctx: &mut Ctx, project: &Project, image: &str) -> Result<String> {
         .timeout(Duration::from_secs(10 * 60));
     let host = ctx.host;
     match host.run_with_progress(&cmd, &mut *ctx.progress) {
-        Ok(_) => Ok(if present {
-            "up".into()
-        } else {
-            format!("up (pulled {image})")
-        }),
+        Ok(out) => {
+            let mut detail = match repaired(&out.stderr) {
+                Some(what) => format!("repaired: {what}"),
+                None => "running".to_string(),
+            };
+            if !present {
+                detail.push_str(&format!(" (pulled {image})"));
+            }
+            Ok(detail)
+        }
         Err(e) if !present => Err(crate::error::Error::failed(
             "start",
             format!("image {image} is missing and could not be pulled: {e}"),
         )),
         Err(e) => Err(e),
     }
+}
+
+/// What `compose up` had to do, from its progress lines: containers it
+/// created or started (`None` when every one was already running).
+fn repaired(compose_stderr: &str) -> Option<String> {
+    let mut done: Vec<String> = Vec::new();
+    for line in compose_stderr.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["Container", name, state] = words.as_slice() {
+            let what = match *state {
+                "Created" | "Recreated" => "created",
+                "Started" => "started",
+                _ => continue,
+            };
+            let entry = format!("{what} {name}");
+            if !done.contains(&entry) {
+                done.push(entry);
+            }
+        }
+    }
+    // A created container is also started; say it once.
+    let created: Vec<String> = done
+        .iter()
+        .filter(|e| e.starts_with("created "))
+        .map(|e| e.replacen("created ", "started ", 1))
+        .collect();
+    done.retain(|e| !created.contains(e));
+    (!done.is_empty()).then(|| done.join(", "))
 }
 
 /// What `reapply --dry-run` found; changes nothing.
@@ -217,4 +250,22 @@ fn project_drift(ctx: &mut Ctx, what: &str, project: &str) -> Result<Vec<String>
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repaired;
+
+    #[test]
+    fn compose_progress_tells_what_was_repaired() {
+        assert_eq!(repaired(" Container web  Running\n"), None);
+        assert_eq!(
+            repaired(" Container web  Starting\n Container web  Started\n"),
+            Some("started web".into())
+        );
+        assert_eq!(
+            repaired(" Container a  Creating\n Container a  Created\n Container a  Starting\n Container a  Started\n Container b  Running\n"),
+            Some("created a".into())
+        );
+    }
 }
