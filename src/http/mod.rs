@@ -75,7 +75,8 @@ pub fn serve(config: &Config) -> Result<i32> {
     run_workers(app, Arc::new(server))
 }
 
-/// Settles an operation a dead process left pending, before answering.
+/// Settles an operation a dead process left pending and makes the network
+/// match the state, before answering.
 fn settle_pending(config: &Config, store: &StoreClient) -> Result<()> {
     let mut progress = |line: &str| log::info!("settle: {line}");
     let mut ctx = Ctx {
@@ -84,7 +85,12 @@ fn settle_pending(config: &Config, store: &StoreClient) -> Result<()> {
         store,
         progress: &mut progress,
     };
-    Session::open(&mut ctx, jobs::OP_LOCK_WAIT).map(drop)
+    let session = Session::open(&mut ctx, jobs::OP_LOCK_WAIT)?;
+    if let Err(e) = session.reconcile_network(&mut ctx) {
+        // Not fatal: the server is how the owner finds out and fixes it.
+        log::error!("at start: {e}");
+    }
+    Ok(())
 }
 
 /// `PIC_ALLOWED_HOSTS` plus the listen address, with and without its port.

@@ -74,6 +74,7 @@ impl Session {
     }
 
     fn settle(&mut self, ctx: &mut Ctx) -> Result<()> {
+        remove_stray_temp_files(&ctx.config.compose_dir());
         if let Some(pending) = self.state.pending.clone() {
             let settled = settle(ctx, &self.state, &pending)?;
             self.state = settled;
@@ -81,6 +82,13 @@ impl Session {
             self.lock.commit(&self.state)?;
         }
         Ok(())
+    }
+
+    /// Makes firewall, policy routing and Caddy match the state: a process
+    /// killed between applying a route and committing it (or the other way
+    /// round) leaves the kernel and the state apart until this runs.
+    pub fn reconcile_network(&self, ctx: &mut Ctx) -> Result<()> {
+        service::apply_network(ctx, &self.state)
     }
 
     /// Records `pending` before the operation's first side effect.
@@ -113,6 +121,20 @@ impl Session {
     /// Commits a change that has no side effect outside the state.
     pub fn commit(&mut self, next: State) -> Result<()> {
         self.finish(next)
+    }
+}
+
+/// A process killed in the middle of an atomic write leaves its temporary
+/// file; under the lock nobody else is writing, so any there is garbage.
+fn remove_stray_temp_files(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        if e.file_name().to_string_lossy().ends_with(".tmp") {
+            log::info!("removing {}, left by an interrupted write", e.path().display());
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
