@@ -614,7 +614,7 @@ fn admin_page_escapes_store_text_and_refuses_cross_site_posts() {
         ),
         ("X-Frame-Options", "DENY"),
         ("X-Content-Type-Options", "nosniff"),
-        ("Referrer-Policy", "no-referrer"),
+        ("Referrer-Policy", "same-origin"),
         ("Cache-Control", "no-store"),
     ] {
         assert_eq!(home.header(name), Some(value), "{name}");
@@ -688,6 +688,40 @@ fn admin_page_escapes_store_text_and_refuses_cross_site_posts() {
     assert_eq!(a.status, 303);
     assert!(a.header("Set-Cookie").unwrap().contains("Max-Age=0"));
     assert_eq!(s.page("/", &cookie).status, 303);
+}
+
+/// What a browser sends with the page's own forms: its Origin, which must
+/// be accepted. (Under `Referrer-Policy: no-referrer` a browser sends
+/// `Origin: null` instead, and every form of the page was refused; the
+/// browser test found it.)
+#[test]
+fn form_posts_from_the_page_itself_are_accepted() {
+    let dir = TempDir::with_prefix("pic-http");
+    let _store = xss_store(&dir);
+    let s = Serve::start(&dir, &[]);
+    let cookie = s.login();
+    let home = s.page("/", &cookie);
+    assert_eq!(home.header("Referrer-Policy"), Some("same-origin"));
+    let csrf = csrf_of(&home.body);
+    let own = format!("http://{}", s.addr);
+    let a = request(
+        s.addr,
+        "POST",
+        "/ui/settings",
+        &[
+            ("Cookie", cookie.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", own.as_str()),
+        ],
+        format!("csrf={csrf}&image_verification_mode=off").as_bytes(),
+    );
+    assert_eq!(a.status, 303, "{a:?}");
+    let job = a.header("Location").unwrap().trim_start_matches("/jobs/");
+    assert_eq!(s.wait_job(job)["ok"], json!(true));
+    assert_eq!(
+        s.api("GET", "/api/settings", None).json(),
+        json!({"image_verification_mode": "off"})
+    );
 }
 
 #[test]
@@ -984,4 +1018,317 @@ fn installs_through_forms_and_the_api_while_reads_stay_fast() {
     );
     assert!(compose_project_containers(&format!("pic-{web}")).is_empty());
     assert_eq!(ns.iptables_save().matches(rule).count(), 0);
+}
+
+// --- on the rig: connections, peers, egress, settings and reapply ---------------
+
+/// An instanceable redirect proxy: busybox httpd listening on the port the
+/// connection is given, published on the host as spec §9 wants.
+const PROXY_TEMPLATE: &str = r#"services:
+  proxy:
+    image: ${IMAGE}
+    container_name: ${CONTAINER_NAME}
+    command: ["httpd", "-f", "-p", "${REDIRECT_PORT}"]
+    cap_add: [NET_ADMIN]
+    ports:
+      - "${REDIRECT_PORT}:${REDIRECT_PORT}"
+    environment:
+      UPSTREAM: "${UPSTREAM}"
+    networks: [${NETWORK}]
+"#;
+
+fn proxy_manifest(id: &str, digest: &str) -> Value {
+    json!({
+        "id": id, "name": "Redirect proxy", "version": "1.0", "author": "tests",
+        "kind": "connectivity", "instanceable": true, "connectivity": {"mode": "redirect"},
+        "image": image_ref("web", "1", digest), "container_name": id,
+        "cap_add": ["NET_ADMIN"],
+        "env": [{"name": "UPSTREAM", "value": "none"}],
+        "description": "sends a peer's traffic through an upstream proxy"
+    })
+}
+
+fn container_env(name: &str) -> String {
+    let out = docker(&["inspect", "--format", "{{json .Config.Env}}", name]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn lines_with(haystack: &str, needle: &str) -> usize {
+    haystack.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Asserts a refusal: the status, the JSON error shape, and that the
+/// message (or one of the listed problems) mentions `needle`.
+fn assert_refused(a: &Answer, status: u16, needle: &str) {
+    assert_eq!(a.status, status, "{a:?}");
+    let j = a.json();
+    assert_eq!(j["ok"], json!(false), "{j}");
+    let text = format!("{} {}", j["error"], j["errors"]);
+    assert!(text.contains(needle), "expected {needle:?} in {j}");
+}
+
+/// Connection instances publish host ports (12000+): this is the only
+/// test in this file that creates them.
+#[test]
+fn connections_peers_egress_settings_and_reapply_through_the_api() {
+    if !require_rig() {
+        return;
+    }
+    let digest = image("web", "1", &["httpd", "-f", "-p", "8080"]);
+    let dir = TempDir::with_prefix("pic-http-conn");
+    let ns = Netns::new();
+    let (proxy, web) = ("hb-proxy", "hb-web");
+    for p in ["pic-hb-web", "pic-hb-proxy-c1", "pic-hb-proxy-c2"] {
+        remove_compose_project(p);
+    }
+    let mut store = Store::new(&dir);
+    store.add(proxy, proxy_manifest(proxy, &digest), PROXY_TEMPLATE);
+    store.add(web, web_manifest(web, &digest, &[]), WEB_TEMPLATE);
+    let programs = wrapped_programs(&dir, &ns, 0);
+    let mut envs: Vec<(&str, &str)> = programs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    envs.push(("PIC_SERVICE_POOL", "172.20.0.110-172.20.0.119"));
+    envs.push(("PIC_WAN_IFACE", "picdummy"));
+    let s = Serve::start(&dir, &envs);
+    let t0 = Instant::now();
+
+    for id in [proxy, web] {
+        let a = s.api("POST", &format!("/api/services/{id}/install"), None);
+        assert_eq!(a.status, 200, "install {id}: {a:?}\n{}", s.log_text());
+    }
+    // An instanceable service starts nothing until a connection asks.
+    assert!(compose_project_containers("pic-hb-proxy").is_empty());
+
+    // Create: JSON body, then a form body with KEY=VALUE lines.
+    let c1 = s.api(
+        "POST",
+        "/api/connections",
+        Some(
+            json!({"service": proxy, "name": "c1", "env": {"UPSTREAM": "socks5://10.1.1.1:1080"}}),
+        ),
+    );
+    assert_eq!(c1.status, 200, "{c1:?}\n{}", s.log_text());
+    let j1 = c1.json();
+    assert_eq!(
+        (j1["ok"].clone(), j1["id"].clone(), j1["service"].clone()),
+        (json!(true), json!("c1"), json!(proxy)),
+        "{j1}"
+    );
+    let (mark1, table1, port1) = (
+        j1["fwmark"].as_u64().expect("a mark"),
+        j1["table"].as_u64().expect("a table"),
+        j1["port"].as_u64().expect("a port"),
+    );
+    assert!((0x100..=0x1ff).contains(&mark1), "{j1}");
+    assert!((100..=199).contains(&table1), "{j1}");
+    assert!((12000..=12999).contains(&port1), "{j1}");
+    assert!(j1["job"].is_string(), "{j1}");
+    let c2 = s.api_form(
+        "POST",
+        "/api/connections",
+        &format!("service={proxy}&name=c2&env=UPSTREAM%3Dhttp%3A%2F%2F10.1.1.2%3A3128%0A"),
+    );
+    assert_eq!(c2.status, 200, "{c2:?}");
+    let j2 = c2.json();
+    assert_ne!(j2["fwmark"], j1["fwmark"]);
+    assert_ne!(j2["port"], j1["port"]);
+    assert!(container_env("hb-proxy-c1").contains("UPSTREAM=socks5://10.1.1.1:1080"));
+    assert!(container_env("hb-proxy-c2").contains("UPSTREAM=http://10.1.1.2:3128"));
+    let rules = ns.ip_rules();
+    assert_eq!(
+        lines_with(&rules, &format!("fwmark {mark1:#x} lookup {table1}")),
+        1,
+        "{rules}"
+    );
+    let listed = s.api("GET", "/api/connections", None).json();
+    assert_eq!(
+        listed["connections"]["c1"]["port"],
+        json!(port1),
+        "{listed}"
+    );
+    assert_eq!(listed["connections"]["c2"]["service"], json!(proxy));
+    let one = s.api("GET", "/api/connections/c1", None);
+    assert_eq!(
+        (one.status, one.json()["fwmark"].as_u64()),
+        (200, Some(mark1))
+    );
+
+    // Refusals: a taken name, a service that is not installed, one that is
+    // not instanceable, a setting the manifest does not declare.
+    let dup = s.api(
+        "POST",
+        "/api/connections",
+        Some(json!({"service": proxy, "name": "c1"})),
+    );
+    assert_refused(&dup, 409, "c1");
+    let a = s.api(
+        "POST",
+        "/api/connections",
+        Some(json!({"service": "hb-nosuch", "name": "c3"})),
+    );
+    assert_refused(&a, 404, "hb-nosuch");
+    let a = s.api(
+        "POST",
+        "/api/connections",
+        Some(json!({"service": web, "name": "c3"})),
+    );
+    assert_refused(&a, 400, "instanceable");
+    let a = s.api(
+        "POST",
+        "/api/connections",
+        Some(json!({"service": proxy, "name": "c3", "env": {"PASSWORD": "x"}})),
+    );
+    assert_refused(&a, 400, "PASSWORD");
+    assert!(!a.json()["errors"].as_array().unwrap().is_empty());
+    assert!(compose_project_containers("pic-hb-proxy-c3").is_empty());
+    assert_eq!(
+        s.api("GET", "/api/connections", None).json()["connections"]
+            .as_object()
+            .map(|m| m.len()),
+        Some(2)
+    );
+
+    // Route a peer through c1: in the state and in the namespace's rules.
+    let r = s.api(
+        "PUT",
+        "/api/peers/10.8.0.2/route",
+        Some(json!({"connection": "c1"})),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        s.api("GET", "/api/peers", None).json(),
+        json!({"routes": {"10.8.0.2": "c1"}})
+    );
+    let saved = ns.iptables_save();
+    assert_eq!(
+        lines_with(
+            &saved,
+            &format!("-A PIC_CONNECTIVITY -s 10.8.0.2/32 -p tcp -j REDIRECT --to-ports {port1}")
+        ),
+        1,
+        "{saved}"
+    );
+    for bad in ["10.8.0.300", "not-an-ip", "fe80::1"] {
+        let a = s.api(
+            "PUT",
+            &format!("/api/peers/{bad}/route"),
+            Some(json!({"connection": "c1"})),
+        );
+        assert_refused(&a, 400, "IPv4");
+    }
+    let a = s.api_form("PUT", "/api/peers/10.8.0.3/route", "connection=nosuch");
+    assert_refused(&a, 404, "nosuch");
+
+    // The web service's outbound traffic through c1.
+    let e = s.api(
+        "PUT",
+        &format!("/api/services/{web}/egress"),
+        Some(json!({"connection": "c1"})),
+    );
+    assert_eq!(e.status, 200, "{e:?}");
+    let web_ip = s.api("GET", &format!("/api/services/{web}"), None).json()["ip"]
+        .as_str()
+        .expect("the web service's IP")
+        .to_string();
+    let saved = ns.iptables_save();
+    assert_eq!(
+        lines_with(
+            &saved,
+            &format!("-A PIC_EGRESS -s {web_ip}/32 -j MARK --set-xmark {mark1:#x}/0xffffffff")
+        ),
+        1,
+        "{saved}"
+    );
+    let a = s.api(
+        "PUT",
+        "/api/services/hb-nosuch/egress",
+        Some(json!({"connection": "c1"})),
+    );
+    assert_refused(&a, 404, "hb-nosuch");
+
+    // c1 is in use: 409 naming both users, and nothing torn down.
+    let busy = s.api("DELETE", "/api/connections/c1", None);
+    assert_refused(&busy, 409, "10.8.0.2");
+    assert_refused(&busy, 409, web);
+    assert_eq!(compose_project_containers("pic-hb-proxy-c1").len(), 1);
+
+    // Move the users off, then c1 goes: container, ip rule and marks.
+    let a = s.api("DELETE", "/api/peers/10.8.0.2/route", None);
+    assert_eq!(
+        (a.status, a.json()["had_route"].clone()),
+        (200, json!(true))
+    );
+    assert_eq!(
+        s.api("GET", "/api/peers", None).json(),
+        json!({"routes": {}})
+    );
+    let a = s.api("DELETE", &format!("/api/services/{web}/egress"), None);
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = s.api("DELETE", "/api/connections/c1", None);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.json()["removed"], json!(true));
+    assert!(compose_project_containers("pic-hb-proxy-c1").is_empty());
+    assert_eq!(lines_with(&ns.ip_rules(), &format!("{mark1:#x}")), 0);
+    let saved = ns.iptables_save();
+    assert_eq!(lines_with(&saved, "10.8.0.2"), 0, "{saved}");
+    assert_eq!(lines_with(&saved, &format!("-s {web_ip}/32 -j MARK")), 0);
+    let a = s.api("DELETE", "/api/connections/c1", None);
+    assert_refused(&a, 404, "c1");
+
+    // Settings: JSON and form bodies; a bad value changes nothing.
+    let a = s.api(
+        "PUT",
+        "/api/settings",
+        Some(json!({"image_verification_mode": "enforce"})),
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(
+        s.api("GET", "/api/settings", None).json(),
+        json!({"image_verification_mode": "enforce"})
+    );
+    let a = s.api(
+        "PUT",
+        "/api/settings",
+        Some(json!({"image_verification_mode": "always"})),
+    );
+    assert_refused(&a, 400, "always");
+    assert_eq!(
+        s.api("GET", "/api/settings", None).json()["image_verification_mode"],
+        json!("enforce")
+    );
+    let a = s.api_form("PUT", "/api/settings", "image_verification_mode=warn");
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(
+        s.api("GET", "/api/settings", None).json()["image_verification_mode"],
+        json!("warn")
+    );
+
+    // Reapply with c2 still up: a report, nothing failed, nothing doubled.
+    let before = ns.iptables_save();
+    let re = s.api("POST", "/api/reapply", None);
+    assert_eq!(re.status, 200, "{re:?}");
+    let report = re.json();
+    assert_eq!(report["failed"], json!(0), "{report}");
+    assert!(report["job"].is_string(), "{report}");
+    assert_eq!(ns.iptables_save(), before);
+
+    // Clean up through the API as an owner would.
+    assert_eq!(s.api("DELETE", "/api/connections/c2", None).status, 200);
+    let rm = s.api(
+        "POST",
+        &format!("/api/services/{web}/remove"),
+        Some(json!({"purge": true})),
+    );
+    assert_eq!(rm.status, 200, "{rm:?}");
+    let rm = s.api("POST", &format!("/api/services/{proxy}/remove"), None);
+    assert_eq!(rm.status, 200, "{rm:?}");
+    for p in ["pic-hb-web", "pic-hb-proxy-c1", "pic-hb-proxy-c2"] {
+        assert!(compose_project_containers(p).is_empty(), "{p} left behind");
+    }
+    eprintln!(
+        "connections, peers, egress, settings and reapply over the API: {:?}",
+        t0.elapsed()
+    );
 }

@@ -447,14 +447,19 @@ fn connections(b: &mut String, state: &State, csrf: &str) {
         for (id, c) in &state.connections {
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td>{}</td><td><code>{:#x}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                r#"<tr><td data-label="Name">{}</td><td data-label="Service">{}</td><td data-label="Mark"><code>{:#x}</code></td><td data-label="Table">{}</td><td data-label="Port">{}</td><td data-label="IP">{}</td><td class="end">{}</td></tr>"#,
                 esc(id),
                 esc(&c.service),
                 c.fwmark,
                 c.table,
                 c.port,
                 c.ip,
-                button(&format!("/ui/connections/{id}/delete"), csrf, "Delete", "danger")
+                button(
+                    &format!("/ui/connections/{id}/delete"),
+                    csrf,
+                    "Delete",
+                    "danger"
+                )
             );
         }
         b.push_str("</tbody></table></div>");
@@ -490,7 +495,7 @@ fn peers(b: &mut String, state: &State, csrf: &str) {
         for (peer, conn) in &state.peer_routes {
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                r#"<tr><td data-label="Peer">{}</td><td data-label="Connection">{}</td><td class="end">{}</td></tr>"#,
                 esc(peer),
                 esc(conn),
                 button(

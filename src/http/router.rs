@@ -67,7 +67,9 @@ pub struct Resp {
 }
 
 /// Sent with every answer; the admin page needs no script, no frame and
-/// no other origin.
+/// no other origin. `same-origin`, not `no-referrer`: under `no-referrer`
+/// browsers send `Origin: null` with the page's own form posts, which the
+/// cross-site check must refuse.
 const SECURITY_HEADERS: [(&str, &str); 5] = [
     (
         "Content-Security-Policy",
@@ -76,7 +78,7 @@ const SECURITY_HEADERS: [(&str, &str); 5] = [
     ),
     ("X-Frame-Options", "DENY"),
     ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
+    ("Referrer-Policy", "same-origin"),
     ("Cache-Control", "no-store"),
 ];
 
