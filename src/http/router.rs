@@ -147,6 +147,9 @@ pub fn handle(app: &App, req: &Req) -> Resp {
     if let Some(r) = check_host(app, req) {
         return r;
     }
+    if let Some(r) = check_repeats(req) {
+        return r;
+    }
     let segs: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let side = if segs.first() == Some(&"api") {
         Side::Api
@@ -192,6 +195,24 @@ fn check_host(app: &App, req: &Req) -> Option<Resp> {
         }
         _ => Some(Resp::error(400, "more than one Host header", vec![])),
     }
+}
+
+/// Headers whose meaning a second copy would make ambiguous: one part of a
+/// chain could read the first and another the last.
+const SINGLE_HEADERS: &[&str] = &[
+    "Authorization",
+    "Cookie",
+    "Content-Type",
+    "Content-Length",
+    "Origin",
+    "Transfer-Encoding",
+];
+
+fn check_repeats(req: &Req) -> Option<Resp> {
+    SINGLE_HEADERS
+        .iter()
+        .find(|h| req.header_count(h) > 1)
+        .map(|h| Resp::error(400, &format!("more than one {h} header"), vec![]))
 }
 
 /// The methods a known path answers; `None` for an unknown path.

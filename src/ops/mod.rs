@@ -132,7 +132,10 @@ fn remove_stray_temp_files(dir: &std::path::Path) {
     };
     for e in entries.filter_map(|e| e.ok()) {
         if e.file_name().to_string_lossy().ends_with(".tmp") {
-            log::info!("removing {}, left by an interrupted write", e.path().display());
+            log::info!(
+                "removing {}, left by an interrupted write",
+                e.path().display()
+            );
             let _ = std::fs::remove_file(e.path());
         }
     }
