@@ -635,3 +635,144 @@ fn pic_in_dir(dir: &Path, envs: &[(&str, &str)], args: &[&str]) -> std::process:
         .stdin(Stdio::null());
     cmd.output().unwrap()
 }
+
+fn proc_figures(pid: u32) -> (u64, usize) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    (rss, fds)
+}
+
+/// `scripts/soak`: mixed reads and mutations for `PIC_SOAK_SECONDS`
+/// (default 600). RSS and open descriptors of `serve` must stay flat and
+/// every answered mutation must be in the final state.
+#[test]
+#[ignore]
+fn soak() {
+    if !require_rig() {
+        return;
+    }
+    let seconds: u64 = std::env::var("PIC_SOAK_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    let digest = image("web", "1", &["httpd", "-f", "-p", "8080"]);
+    let defs = services(&digest, "sk-web", "sk-tun");
+    let defs: Vec<(&str, Value, &str)> = defs
+        .iter()
+        .map(|(i, m, t)| (i.as_str(), m.clone(), *t))
+        .collect();
+    let cell = Cell::new("pic-soak", "172.20.0.160-172.20.0.169", &defs);
+    remove_compose_project("pic-sk-tun-s1");
+    let server = cell.serve();
+    let api = server.api.clone();
+    assert_eq!(
+        api.call("POST", "/api/services/sk-tun/install", None)
+            .map(|r| r.0),
+        Some(200)
+    );
+    assert_eq!(
+        api.call(
+            "POST",
+            "/api/connections",
+            Some(json!({"service": "sk-tun", "name": "s1"}))
+        )
+        .map(|r| r.0),
+        Some(200)
+    );
+    let pid = server.child.id();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut model: std::collections::BTreeMap<String, bool> = Default::default();
+    let (mut reads, mut mutations, mut installs) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    let mut samples = vec![(0u64, proc_figures(pid))];
+    let mut next_sample = 10;
+    let mut web_installed = false;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        for path in ["/api/services", "/api/status", "/healthz", "/api/peers"] {
+            let r = api.get(path);
+            assert_eq!(r.as_ref().map(|r| r.0), Some(200), "{path}");
+            reads += 1;
+        }
+        let peer = format!("10.8.3.{}", 1 + rng.below(50));
+        let route = rng.below(2) == 0;
+        let r = if route {
+            api.call(
+                "PUT",
+                &format!("/api/peers/{peer}/route"),
+                Some(json!({"connection": "s1"})),
+            )
+        } else {
+            api.call("DELETE", &format!("/api/peers/{peer}/route"), None)
+        };
+        assert_eq!(r.map(|r| r.0), Some(200));
+        model.insert(peer, route);
+        mutations += 1;
+        if rng.below(200) == 0 {
+            let path = if web_installed {
+                "/api/services/sk-web/remove"
+            } else {
+                "/api/services/sk-web/install"
+            };
+            assert_eq!(
+                api.call("POST", path, None).map(|r| r.0),
+                Some(200),
+                "{path}"
+            );
+            web_installed = !web_installed;
+            installs += 1;
+        }
+        let t = start.elapsed().as_secs();
+        if t >= next_sample {
+            samples.push((t, proc_figures(pid)));
+            next_sample += 10;
+        }
+    }
+    samples.push((start.elapsed().as_secs(), proc_figures(pid)));
+    let state = cell.state();
+    for (peer, routed) in &model {
+        assert_eq!(
+            state["peer_routes"].get(peer).is_some(),
+            *routed,
+            "peer {peer}"
+        );
+    }
+    assert_eq!(state["services"].get("sk-web").is_some(), web_installed);
+    eprintln!(
+        "soak: {seconds} s, {reads} reads, {mutations} route changes, {installs} installs/removes"
+    );
+    eprintln!("  t(s)  RSS(KiB)  fds");
+    for (t, (rss, fds)) in &samples {
+        eprintln!("  {t:>4}  {rss:>8}  {fds:>3}");
+    }
+    // Flat: compare the second half with the first sample after warm-up.
+    let warm = samples.get(1).map(|s| s.1).unwrap_or(samples[0].1);
+    let last = samples.last().map(|s| s.1).unwrap_or(warm);
+    assert!(
+        last.0 <= warm.0 + 4096,
+        "RSS grew from {} to {} KiB",
+        warm.0,
+        last.0
+    );
+    assert!(
+        last.1 <= warm.1 + 4,
+        "descriptors grew from {} to {}",
+        warm.1,
+        last.1
+    );
+    for p in model.iter().filter(|(_, r)| **r).map(|(p, _)| p) {
+        api.call("DELETE", &format!("/api/peers/{p}/route"), None);
+    }
+    api.call("DELETE", "/api/connections/s1", None);
+    if web_installed {
+        api.call("POST", "/api/services/sk-web/remove", None);
+    }
+    api.call("POST", "/api/services/sk-tun/remove", None);
+}
