@@ -12,13 +12,16 @@ use std::time::Duration;
 
 /// `{"available": [...], "installed": {...}, "stale": bool}` (spec §12).
 pub fn services_json(state: &State, store: &StoreClient) -> Result<Value> {
-    let index = store.index()?;
-    Ok(json!({
+    Ok(services_value(state, &store.index()?))
+}
+
+fn services_value(state: &State, index: &crate::store::Index) -> Value {
+    json!({
         "available": index.services,
         "installed": state.services,
         "stale": index.stale,
         "index_fetched_at": index.fetched_at,
-    }))
+    })
 }
 
 pub fn list(config: &Config, as_json: bool) -> Result<i32> {
@@ -26,13 +29,7 @@ pub fn list(config: &Config, as_json: bool) -> Result<i32> {
     let store = StoreClient::from_config(config);
     let index = store.index()?;
     if as_json {
-        let v = json!({
-            "available": index.services,
-            "installed": state.services,
-            "stale": index.stale,
-            "index_fetched_at": index.fetched_at,
-        });
-        println!("{v}");
+        println!("{}", services_value(&state, &index));
         return Ok(0);
     }
     if index.stale {
