@@ -174,7 +174,8 @@ fn compose_version(host: &dyn Host, config: &Config) -> Value {
     }
 }
 
-fn age(unix: u64) -> String {
+/// How long ago a unix time was, as a person says it.
+pub fn age(unix: u64) -> String {
     let secs = crate::files::now_unix().saturating_sub(unix);
     match secs {
         0..=89 => format!("{secs} s ago"),

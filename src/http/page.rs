@@ -285,7 +285,7 @@ fn home(app: &App, csrf: &str) -> Resp {
             let _ = write!(
                 b,
                 r#"<p class="banner warn">The store is unreachable. This is the catalogue fetched {}.</p>"#,
-                esc(&age(i.fetched_at))
+                esc(&crate::report::age(i.fetched_at))
             );
         }
         Ok(_) => {}
@@ -610,16 +610,6 @@ fn job_badge(job: &Job, outcome: &Option<Outcome>, phase: Phase) -> String {
         esc(&text),
         esc(&job.id)
     )
-}
-
-fn age(unix: u64) -> String {
-    let secs = crate::files::now_unix().saturating_sub(unix);
-    match secs {
-        0..=89 => format!("{secs} s ago"),
-        90..=5399 => format!("{} min ago", secs / 60),
-        5400..=172_799 => format!("{} h ago", secs / 3600),
-        _ => format!("{} days ago", secs / 86400),
-    }
 }
 
 #[cfg(test)]
