@@ -167,12 +167,92 @@ pub fn remove_project_by_label(host: &dyn Host, config: &Config, project: &str) 
     Ok(())
 }
 
-/// Names of the running containers of a compose project.
-pub fn running_containers(host: &dyn Host, config: &Config, project: &str) -> Result<Vec<String>> {
-    let out = host.run(
-        &docker(config)
-            .args(["ps", "--format", "{{.Names}}", "--filter"])
-            .arg(format!("label=com.docker.compose.project={project}")),
-    )?;
-    Ok(out.stdout.lines().map(str::to_string).collect())
+/// The state (`running`, `exited`, ...) of every container of every
+/// compose project, by project, in one call.
+pub fn project_states(
+    host: &dyn Host,
+    config: &Config,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+    let out = host.run(&docker(config).args([
+        "ps",
+        "-a",
+        "--filter",
+        "label=com.docker.compose.project",
+        "--format",
+        "{{.Label \"com.docker.compose.project\"}}\t{{.State}}",
+    ]))?;
+    let mut map: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for line in out.stdout.lines() {
+        if let Some((project, state)) = line.split_once('\t') {
+            map.entry(project.to_string())
+                .or_default()
+                .push(state.trim().to_string());
+        }
+    }
+    Ok(map)
+}
+
+/// The local images as `(repository, tag, digest)`, in one call.
+pub fn local_images(host: &dyn Host, config: &Config) -> Result<Vec<(String, String, String)>> {
+    let out = host.run(&docker(config).args([
+        "image",
+        "ls",
+        "--digests",
+        "--format",
+        "{{.Repository}}\t{{.Tag}}\t{{.Digest}}",
+    ]))?;
+    Ok(out
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            Some((
+                f.next()?.to_string(),
+                f.next()?.to_string(),
+                f.next()?.to_string(),
+            ))
+        })
+        .collect())
+}
+
+/// Whether `image` (`REPO[:TAG][@sha256:...]`) is among `images`: by its
+/// digest when pinned, else by its tag (`latest` when none).
+pub fn image_listed(images: &[(String, String, String)], image: &str) -> bool {
+    let (name, pin) = match image.split_once('@') {
+        Some((n, p)) => (n, Some(p)),
+        None => (image, None),
+    };
+    let (repo, tag) = match name.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, t),
+        _ => (name, "latest"),
+    };
+    images.iter().any(|(r, t, d)| {
+        r == repo
+            && match pin {
+                Some(p) => d == p,
+                None => t == tag,
+            }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_listed;
+
+    #[test]
+    fn images_are_found_by_digest_or_tag() {
+        let list = vec![
+            (
+                "127.0.0.1:5000/roof/web".to_string(),
+                "<none>".to_string(),
+                "sha256:aa".to_string(),
+            ),
+            ("busybox".to_string(), "1".to_string(), "<none>".to_string()),
+        ];
+        assert!(image_listed(&list, "127.0.0.1:5000/roof/web:1@sha256:aa"));
+        assert!(!image_listed(&list, "127.0.0.1:5000/roof/web:1@sha256:bb"));
+        assert!(image_listed(&list, "busybox:1"));
+        assert!(!image_listed(&list, "busybox"));
+        assert!(!image_listed(&list, "127.0.0.1:5000/roof/web"));
+    }
 }

@@ -15,7 +15,7 @@ pub fn services_json(state: &State, store: &StoreClient) -> Result<Value> {
     Ok(services_value(state, &store.index()?))
 }
 
-fn services_value(state: &State, index: &crate::store::Index) -> Value {
+pub fn services_value(state: &State, index: &crate::store::Index) -> Value {
     json!({
         "available": index.services,
         "installed": state.services,
@@ -154,9 +154,30 @@ fn tool(found: bool, path: &str) -> Value {
     }
 }
 
+/// How long a Compose plugin check is reused: `docker compose version`
+/// takes a few hundred milliseconds, and status pages are polled.
+const COMPOSE_CHECK_TTL: Duration = Duration::from_secs(60);
+
+static COMPOSE_CHECK: std::sync::Mutex<Option<(std::time::Instant, Value)>> =
+    std::sync::Mutex::new(None);
+
 /// The Compose v2 plugin is a separate install from docker: say so when
 /// it is missing rather than failing at the first install.
 fn compose_version(host: &dyn Host, config: &Config) -> Value {
+    let mut cache = COMPOSE_CHECK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((at, v)) = cache.as_ref() {
+        if at.elapsed() < COMPOSE_CHECK_TTL {
+            return v.clone();
+        }
+    }
+    let v = check_compose(host, config);
+    *cache = Some((std::time::Instant::now(), v.clone()));
+    v
+}
+
+fn check_compose(host: &dyn Host, config: &Config) -> Value {
     if !config.docker.found {
         return json!({"ok": false, "detail": "docker not found"});
     }

@@ -30,10 +30,7 @@ fn answer(app: &App, req: &Req, segs: &[&str]) -> Result<Resp> {
     let m = req.method.as_str();
     match (m, segs) {
         ("GET", ["api", "status"]) => status(app),
-        ("GET", ["api", "services"]) => {
-            let v = crate::report::services_json(&read_state(app)?, &app.store)?;
-            Ok(ok_json(v))
-        }
+        ("GET", ["api", "services"]) => services(app),
         ("GET", ["api", "services", id]) => {
             let id = ServiceId::parse(id)?;
             match read_state(app)?.services.get(id.as_str()) {
@@ -150,6 +147,48 @@ fn status(app: &App) -> Result<Resp> {
 
 fn ok_json(v: Value) -> Resp {
     Resp::json(200, &v)
+}
+
+/// What the answer of `GET /api/services` was made from: the state file's
+/// identity and the index's fetch.
+#[derive(Clone, PartialEq, Eq)]
+struct ServicesKey {
+    state: Option<(u64, i64, i64, u64)>,
+    fetched_at: u64,
+    stale: bool,
+    entries: usize,
+}
+
+/// The last answer of `GET /api/services`: the page every client polls is
+/// served from memory until the state file or the index changes.
+static SERVICES: std::sync::Mutex<Option<(ServicesKey, std::sync::Arc<Vec<u8>>)>> =
+    std::sync::Mutex::new(None);
+
+fn services(app: &App) -> Result<Resp> {
+    use std::os::unix::fs::MetadataExt;
+    let index = app.store.index()?;
+    let state_file = app.config.state_file();
+    let key = ServicesKey {
+        state: std::fs::metadata(&state_file)
+            .ok()
+            .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino())),
+        fetched_at: index.fetched_at,
+        stale: index.stale,
+        entries: index.services.len(),
+    };
+    let mut cache = SERVICES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((k, body)) = cache.as_ref() {
+        if *k == key {
+            return Ok(Resp::new(200, "application/json", body.to_vec()));
+        }
+    }
+    let v = crate::report::services_value(&read_state(app)?, &index);
+    let mut body = serde_json::to_vec(&v).unwrap_or_else(|_| b"{}".to_vec());
+    body.push(b'\n');
+    *cache = Some((key, std::sync::Arc::new(body.clone())));
+    Ok(Resp::new(200, "application/json", body))
 }
 
 pub fn read_state(app: &App) -> Result<State> {

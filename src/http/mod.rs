@@ -291,7 +291,11 @@ fn to_req(rq: &tiny_http::Request, body: Vec<u8>) -> Req {
 }
 
 fn respond(rq: tiny_http::Request, resp: Resp) {
-    let mut out = tiny_http::Response::from_data(resp.body).with_status_code(resp.status);
+    // Always a Content-Length: tiny_http would send larger bodies chunked,
+    // in many small writes.
+    let mut out = tiny_http::Response::from_data(resp.body)
+        .with_status_code(resp.status)
+        .with_chunked_threshold(usize::MAX);
     for (k, v) in &resp.headers {
         if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
             out.add_header(h);

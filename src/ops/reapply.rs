@@ -78,6 +78,7 @@ pub fn reapply(ctx: &mut Ctx, wait: Duration) -> Result<ReapplyReport> {
     });
     record(ctx, format!("network {}", ctx.config.network), net);
 
+    let inventory = Inventory::read(ctx);
     for id in start_order(&state) {
         let svc = &state.services[&id];
         if svc.manifest.instanceable {
@@ -88,7 +89,7 @@ pub fn reapply(ctx: &mut Ctx, wait: Duration) -> Result<ReapplyReport> {
             file: project_file(ctx.config, &name),
             name,
         };
-        let r = up_offline(ctx, &project, &svc.manifest.image);
+        let r = up_offline(ctx, &inventory, &project, &svc.manifest.image);
         record(ctx, format!("service {id}"), r);
     }
     for (cid, conn) in &state.connections {
@@ -102,7 +103,7 @@ pub fn reapply(ctx: &mut Ctx, wait: Duration) -> Result<ReapplyReport> {
             .get(&conn.service)
             .map(|s| s.manifest.image.clone())
             .unwrap_or_default();
-        let r = up_offline(ctx, &project, &image);
+        let r = up_offline(ctx, &inventory, &project, &image);
         record(ctx, format!("connection {cid}"), r);
     }
     match crate::net::apply_all(ctx.host, ctx.config, &state) {
@@ -130,9 +131,34 @@ pub fn reapply(ctx: &mut Ctx, wait: Duration) -> Result<ReapplyReport> {
     })
 }
 
-/// `compose up -d` that pulls nothing when the image is present, and names
-/// the image when it is missing and cannot be pulled.
-fn up_offline(ctx: &mut Ctx, project: &Project, image: &str) -> Result<String> {
+/// What docker holds, read once per reapply: containers by project and
+/// the local images. When it cannot be read, every project is brought up
+/// (compose itself then says what is wrong).
+struct Inventory {
+    projects: std::collections::BTreeMap<String, Vec<String>>,
+    images: Option<Vec<(String, String, String)>>,
+}
+
+impl Inventory {
+    fn read(ctx: &mut Ctx) -> Inventory {
+        Inventory {
+            projects: docker::project_states(ctx.host, ctx.config).unwrap_or_default(),
+            images: docker::local_images(ctx.host, ctx.config).ok(),
+        }
+    }
+
+    /// Every container of the project is running (and there is one).
+    fn all_running(&self, project: &str) -> bool {
+        self.projects
+            .get(project)
+            .is_some_and(|s| !s.is_empty() && s.iter().all(|st| st == "running"))
+    }
+}
+
+/// `compose up -d` of a project that is not fully running, pulling nothing
+/// when the image is present, and naming the image when it is missing and
+/// cannot be pulled. A project whose containers all run is left alone.
+fn up_offline(ctx: &mut Ctx, inv: &Inventory, project: &Project, image: &str) -> Result<String> {
     if !project.file.exists() {
         return Err(crate::error::Error::failed(
             "start",
@@ -142,8 +168,14 @@ fn up_offline(ctx: &mut Ctx, project: &Project, image: &str) -> Result<String> {
             ),
         ));
     }
+    if inv.all_running(&project.name) {
+        return Ok("running".into());
+    }
     super::service::guard_binds(ctx.config, &project.file)?;
-    let present = docker::image_present(ctx.host, ctx.config, image)?;
+    let present = match &inv.images {
+        Some(images) => docker::image_listed(images, image),
+        None => docker::image_present(ctx.host, ctx.config, image)?,
+    };
     let cmd: Cmd = crate::compose::compose_cmd(ctx.config, project)
         .args(["up", "-d", "--remove-orphans", "--pull", "missing"])
         .timeout(Duration::from_secs(10 * 60));
@@ -213,16 +245,25 @@ pub fn dry_run(ctx: &mut Ctx) -> Result<DryRun> {
             p.op, p.target
         ));
     }
+    let inv = Inventory {
+        projects: docker::project_states(ctx.host, ctx.config)?,
+        images: None,
+    };
     for (id, svc) in &state.services {
         if svc.manifest.instanceable {
             continue;
         }
         let name = crate::compose::project_name(id, None);
-        drift.extend(project_drift(ctx, &format!("service {id}"), &name)?);
+        drift.extend(project_drift(ctx, &inv, &format!("service {id}"), &name));
     }
     for (cid, conn) in &state.connections {
         let name = crate::compose::project_name(&conn.service, Some(cid));
-        drift.extend(project_drift(ctx, &format!("connection {cid}"), &name)?);
+        drift.extend(project_drift(
+            ctx,
+            &inv,
+            &format!("connection {cid}"),
+            &name,
+        ));
     }
     let net = crate::net::dry_run(ctx.host, ctx.config, &state);
     drift.extend(net.drift.iter().cloned());
@@ -234,7 +275,7 @@ pub fn dry_run(ctx: &mut Ctx) -> Result<DryRun> {
     })
 }
 
-fn project_drift(ctx: &mut Ctx, what: &str, project: &str) -> Result<Vec<String>> {
+fn project_drift(ctx: &mut Ctx, inv: &Inventory, what: &str, project: &str) -> Vec<String> {
     let file = project_file(ctx.config, project);
     let mut out = Vec::new();
     if !file.exists() {
@@ -243,13 +284,12 @@ fn project_drift(ctx: &mut Ctx, what: &str, project: &str) -> Result<Vec<String>
             file.display()
         ));
     }
-    let running = docker::running_containers(ctx.host, ctx.config, project)?;
-    if running.is_empty() {
+    if !inv.all_running(project) {
         out.push(format!(
-            "{what}: no container of project {project} is running"
+            "{what}: not every container of project {project} is running"
         ));
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
