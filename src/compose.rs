@@ -324,6 +324,31 @@ fn unsafe_value(v: &str) -> Option<&'static str> {
 // Textual refusals
 // ---------------------------------------------------------------------------
 
+/// The patterns of [`textual_refusals`], compiled once.
+static TEXT_CHECKS: std::sync::LazyLock<Option<Vec<(regex_lite::Regex, &'static str)>>> =
+    std::sync::LazyLock::new(|| {
+        let checks: [(&str, &str); 7] = [
+            (
+                r#"(?i)\b(include|extends|env_file|label_file)\b["']?[ \t]*:"#,
+                "key",
+            ),
+            (
+                r#"(^|[\s{,\[])\*[^\s,\[\]{}:]+[ \t]*:([ \t]|$|[,\]}])"#,
+                "alias",
+            ),
+            (r#"(^|[\s{,\[])\?([ \t]|$)"#, "explicit"),
+            (r#"\\[xuU]"#, "escape"),
+            (r#"!!|!<"#, "tag"),
+            (r#"^%"#, "directive"),
+            ("[\u{017f}\u{212a}]", "fold"),
+        ];
+        let compiled: Vec<(regex_lite::Regex, &'static str)> = checks
+            .iter()
+            .filter_map(|(p, kind)| regex_lite::Regex::new(p).ok().map(|re| (re, *kind)))
+            .collect();
+        (compiled.len() == checks.len()).then_some(compiled)
+    });
+
 /// Problems found by reading the rendered text itself, before compose sees
 /// it: the keys `include`, `extends`, `env_file` and `label_file` make
 /// compose read host files at `config` time whatever flags it is given, so
@@ -333,32 +358,13 @@ fn unsafe_value(v: &str) -> Option<&'static str> {
 /// (`\x`, `\u`, `\U`), `!!`/verbatim tags and `%` directives all count.
 pub fn textual_refusals(rendered: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let checks: [(&str, &str); 7] = [
-        (
-            r#"(?i)\b(include|extends|env_file|label_file)\b["']?[ \t]*:"#,
-            "key",
-        ),
-        (
-            r#"(^|[\s{,\[])\*[^\s,\[\]{}:]+[ \t]*:([ \t]|$|[,\]}])"#,
-            "alias",
-        ),
-        (r#"(^|[\s{,\[])\?([ \t]|$)"#, "explicit"),
-        (r#"\\[xuU]"#, "escape"),
-        (r#"!!|!<"#, "tag"),
-        (r#"^%"#, "directive"),
-        ("[\u{017f}\u{212a}]", "fold"),
-    ];
-    let compiled: Vec<(regex_lite::Regex, &str)> = checks
-        .iter()
-        .filter_map(|(p, kind)| regex_lite::Regex::new(p).ok().map(|re| (re, *kind)))
-        .collect();
-    if compiled.len() != checks.len() {
+    let Some(compiled) = TEXT_CHECKS.as_ref() else {
         // A pattern that does not compile is a bug; refuse rather than pass.
         return vec!["the textual check is broken; nothing is accepted".into()];
-    }
+    };
     for (n, line) in rendered.lines().enumerate() {
         let n = n + 1;
-        for (re, kind) in &compiled {
+        for (re, kind) in compiled {
             let Some(m) = re.find(line) else { continue };
             let found = truncate(m.as_str().trim(), 40);
             out.push(match *kind {
