@@ -14,10 +14,12 @@
 //! `X-Pic-Peer` removed and `X-Pic-Peer: <client address>` added (the
 //! router trusts that header only from the Unix socket), and with
 //! `Connection: close`. A second thread copies the body (idle limit
-//! [`BODY_IDLE`], total [`BODY_DEADLINE`]) and afterwards watches for the
-//! client going away; the relay thread copies the answer back, with no
-//! time limit on waiting for it (an install through the JSON API answers
-//! when it ends) but [`WRITE_IDLE`] for a client that stops reading it.
+//! [`BODY_IDLE`], total [`BODY_DEADLINE`]) and afterwards watches the
+//! client: a reset ends the relay, while a client that only closes its
+//! sending side still gets its answer. The relay thread copies the
+//! answer back, with no time limit on waiting for it (an install through
+//! the JSON API answers when it ends) but [`WRITE_IDLE`] for a client
+//! that stops reading it.
 //!
 //! One request per connection: the answer carries `Connection: close` and
 //! the connection closes after it, because a second request on the same
