@@ -133,11 +133,11 @@ fn hostile_requests_get_4xx_and_the_server_stays_up_and_small() {
         ),
         (
             "invalid UTF-8 JSON",
-            request(s.addr, &format!("PUT /api/settings HTTP/1.1\r\n{auth}\r\nContent-Type: application/json\r\nContent-Length: 6"), b"{\"\xff\":1}"),
+            request(s.addr, &format!("PUT /api/settings HTTP/1.1\r\n{auth}\r\nContent-Type: application/json\r\nContent-Length: 7"), b"{\"\xff\":1}"),
         ),
         (
             "bad percent-encoding in a form",
-            request(s.addr, &format!("PUT /api/settings HTTP/1.1\r\n{auth}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 29"), b"image_verification_mode=%zz%"),
+            request(s.addr, &format!("PUT /api/settings HTTP/1.1\r\n{auth}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 28"), b"image_verification_mode=%zz%"),
         ),
         ("bad percent-encoding in a path", request(s.addr, &format!("POST /api/services/%ff%fe/install HTTP/1.1\r\n{auth}\r\nContent-Length: 0"), b"")),
         ("non-UTF-8 path", request(s.addr, &format!("GET /api/services/\u{0}x HTTP/1.1\r\n{auth}"), b"")),

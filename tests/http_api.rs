@@ -801,6 +801,564 @@ fn idle_and_slow_clients_do_not_stop_new_ones() {
     drop(idle);
 }
 
+// --- the front relay: head limits, deadlines, spoofing, leaks ----------------------
+
+/// What the server process holds, from `/proc`.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    threads: usize,
+    fds: usize,
+    rss_kib: u64,
+}
+
+impl Serve {
+    fn usage(&self) -> Usage {
+        let pid = self.child.id();
+        let count = |what: &str| {
+            std::fs::read_dir(format!("/proc/{pid}/{what}"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss_kib = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Usage {
+            threads: count("task"),
+            fds: count("fd"),
+            rss_kib,
+        }
+    }
+
+    /// A few requests, so that lazily made threads and caches exist, then
+    /// what the server holds at rest.
+    fn warm_baseline(&self) -> Usage {
+        for _ in 0..20 {
+            let a = request(self.addr, "GET", "/healthz", &[], b"");
+            assert_eq!(a.status, 200);
+        }
+        // tiny_http's idle connection threads end after 5 s.
+        std::thread::sleep(Duration::from_secs(6));
+        self.usage()
+    }
+
+    /// Waits until threads and descriptors are back within `slack` of
+    /// `base` (idle helper threads take a few seconds to end).
+    fn assert_settles(&self, base: Usage, slack: usize, what: &str) -> Usage {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.usage();
+            if now.threads <= base.threads + slack && now.fds <= base.fds + slack {
+                eprintln!("{what}: settled at {now:?} (base {base:?})");
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: threads or descriptors leaked: {now:?}, base {base:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Reads until the server closes (or 20 s pass): everything it sent.
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+fn status_of(raw: &[u8]) -> Option<u16> {
+    String::from_utf8_lossy(raw)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Sends a head that never ends: `prefix`, then `filler` bytes of one
+/// endless header line; returns what came back.
+fn send_endless(addr: SocketAddr, prefix: &str, filler: usize) -> Vec<u8> {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut raw = prefix.as_bytes().to_vec();
+    raw.resize(prefix.len() + filler, b'x');
+    // The server refuses long before the end: the write fails part way.
+    let _ = c.write_all(&raw);
+    read_to_close(&mut c)
+}
+
+#[test]
+fn endless_header_lines_and_header_floods_get_431_in_bounded_memory() {
+    let dir = TempDir::with_prefix("pic-http");
+    let s = Serve::start(&dir, &[]);
+    let base = s.warm_baseline();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling, pid) = (peak.clone(), sampling.clone(), s.child.id());
+        std::thread::spawn(move || {
+            while sampling.load(std::sync::atomic::Ordering::SeqCst) {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let rss: u64 = status
+                    .lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                peak.fetch_max(rss, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let t = Instant::now();
+    let prefix = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\nX-Big: ", s.addr);
+    // 50 clients at once, each with 1 MB of one header line.
+    let endless: Vec<_> = (0..50)
+        .map(|_| {
+            let (addr, prefix) = (s.addr, prefix.clone());
+            std::thread::spawn(move || send_endless(addr, &prefix, 1 << 20))
+        })
+        .collect();
+    for h in endless {
+        let answer = h.join().unwrap();
+        assert_eq!(
+            status_of(&answer),
+            Some(431),
+            "{:?}",
+            String::from_utf8_lossy(&answer[..answer.len().min(200)])
+        );
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+        assert!(text.contains("\"ok\": false"), "{text}");
+    }
+    // 10,000 short headers, and 10,000 header lines of nothing but a colon.
+    for line in ["X-H: v\r\n", ":\r\n"] {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        let mut raw = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n", s.addr);
+        raw.push_str(&line.repeat(10_000));
+        raw.push_str("\r\n");
+        let _ = c.write_all(raw.as_bytes());
+        let answer = read_to_close(&mut c);
+        assert!(
+            matches!(status_of(&answer), Some(431) | Some(400)),
+            "{line:?}: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // 100 headers are fine; the head limit is 16 KiB, 101 lines is not.
+    let most: String = (0..99).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let a = send_raw(
+        s.addr,
+        format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n{most}\r\n", s.addr).as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    let too_many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let a = send_raw(
+        s.addr,
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: {}\r\n{too_many}\r\n",
+            s.addr
+        )
+        .as_bytes(),
+    );
+    assert_eq!(a.status, 431, "{a:?}");
+    sampling.store(false, std::sync::atomic::Ordering::SeqCst);
+    sampler.join().unwrap();
+    let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
+    let after = s.assert_settles(base, 4, "after 50 endless headers");
+    eprintln!(
+        "50 × 1 MB header lines and 10,000 headers refused in {:?}: RSS {} KiB at rest, peak {peak} KiB, after {} KiB",
+        t.elapsed(),
+        base.rss_kib,
+        after.rss_kib
+    );
+    assert!(
+        peak < base.rss_kib + 16 * 1024,
+        "RSS peaked at {peak} KiB from {} KiB",
+        base.rss_kib
+    );
+    assert_eq!(request(s.addr, "GET", "/healthz", &[], b"").status, 200);
+}
+
+#[test]
+fn slow_heads_and_stalled_bodies_are_cut_off() {
+    let dir = TempDir::with_prefix("pic-http");
+    let s = Serve::start(&dir, &[]);
+    let base = s.warm_baseline();
+    let auth = s.bearer();
+    // A head that trickles one byte a second never ends: 408 at 10 s.
+    let trickle = {
+        let addr = s.addr;
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ").unwrap();
+            let mut reader = c.try_clone().unwrap();
+            reader
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while t.elapsed() < Duration::from_secs(20) {
+                if c.write_all(b"a").is_err() {
+                    break;
+                }
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+            }
+            (t.elapsed(), got)
+        })
+    };
+    // A body that stops part way: 408 once it has been idle 30 s.
+    let stalled = {
+        let (addr, auth) = (s.addr, auth.clone());
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let mut c = TcpStream::connect(addr).unwrap();
+            write!(
+                c,
+                "PUT /api/settings HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{{\"image_"
+            )
+            .unwrap();
+            let mut c2 = c.try_clone().unwrap();
+            let answer = read_to_close_within(&mut c2, Duration::from_secs(45));
+            (t.elapsed(), answer)
+        })
+    };
+    let small_stalled = {
+        let addr = s.addr;
+        std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            write!(
+                c,
+                "POST /login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ntoken="
+            )
+            .unwrap();
+            read_to_close_within(&mut c, Duration::from_secs(45))
+        })
+    };
+    // Meanwhile others are answered at once.
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    assert_eq!(request(s.addr, "GET", "/healthz", &[], b"").status, 200);
+    assert!(t.elapsed() < Duration::from_secs(1));
+
+    let (took, got) = trickle.join().unwrap();
+    eprintln!("a trickling head was answered and closed after {took:?}");
+    assert_eq!(
+        status_of(&got),
+        Some(408),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(14),
+        "{took:?}"
+    );
+    let (took, got) = stalled.join().unwrap();
+    eprintln!("a stalled body was answered and closed after {took:?}");
+    assert_eq!(
+        status_of(&got),
+        Some(408),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        took >= Duration::from_secs(29) && took < Duration::from_secs(40),
+        "{took:?}"
+    );
+    let got = small_stalled.join().unwrap();
+    assert_eq!(
+        status_of(&got),
+        Some(408),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(
+        s.api("GET", "/api/settings", None).json(),
+        json!({"image_verification_mode": "warn"})
+    );
+    s.assert_settles(base, 4, "after slow heads and stalled bodies");
+}
+
+fn read_to_close_within(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    let t = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while t.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+#[test]
+fn a_client_sent_peer_header_does_not_change_the_throttle_key() {
+    let dir = TempDir::with_prefix("pic-http");
+    let _store = xss_store(&dir);
+    let s = Serve::start(&dir, &[]);
+    let mut counts = std::collections::BTreeMap::<u16, usize>::new();
+    for i in 0..40 {
+        let auth = format!("Bearer wrong{i}");
+        let spoof = format!("10.9.{}.{}", i / 200, i % 200 + 1);
+        // Every spelling: one header, the name in other case, two of them.
+        let mut h = vec![("Authorization", auth.as_str())];
+        match i % 3 {
+            0 => h.push(("X-Pic-Peer", spoof.as_str())),
+            1 => h.push(("x-pic-peer", spoof.as_str())),
+            _ => {
+                h.push(("X-PIC-PEER", spoof.as_str()));
+                h.push(("X-Pic-Peer", "::1"));
+            }
+        }
+        let a = request(s.addr, "GET", "/api/status", &h, b"");
+        *counts.entry(a.status).or_default() += 1;
+    }
+    eprintln!("40 wrong tokens from 40 claimed peers: {counts:?}");
+    // Five free failures, then every one is throttled: one address.
+    assert_eq!(counts.get(&401), Some(&5), "{counts:?}");
+    assert_eq!(counts.get(&429), Some(&35), "{counts:?}");
+    let log = s.log_text();
+    assert!(log.contains("wrong API token from 127.0.0.1"), "{log}");
+    assert!(
+        !log.contains("10.9."),
+        "a claimed peer reached the log:\n{log}"
+    );
+    assert!(!log.contains("::1 "), "{log}");
+}
+
+#[test]
+fn every_answer_closes_its_connection_and_a_second_request_is_not_served() {
+    let dir = TempDir::with_prefix("pic-http");
+    let s = Serve::start(&dir, &[]);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    // Two requests in one write, the first asking to keep the connection.
+    write!(
+        c,
+        "GET /healthz HTTP/1.1\r\nHost: {0}\r\nConnection: keep-alive\r\n\r\nGET /healthz HTTP/1.1\r\nHost: {0}\r\n\r\n",
+        s.addr
+    )
+    .unwrap();
+    let raw = read_to_close(&mut c);
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 1, "{text}");
+    assert_eq!(text.matches("Connection: close\r\n").count(), 1, "{text}");
+    assert!(!text.to_ascii_lowercase().contains("keep-alive"), "{text}");
+    assert!(text.ends_with("ok\n"), "{text}");
+    // Expect: 100-continue passes through, and the final answer still closes.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "POST /login HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n",
+        s.addr
+    )
+    .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut interim = Vec::new();
+    while !interim.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        c.read_exact(&mut byte).expect("an interim answer");
+        interim.push(byte[0]);
+    }
+    let interim = String::from_utf8_lossy(&interim);
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{interim}"
+    );
+    c.write_all(b"token=nope").unwrap();
+    let text = String::from_utf8_lossy(&read_to_close(&mut c)).into_owned();
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(text.contains("Connection: close\r\n"), "{text}");
+    // A chunked body in pieces, with nothing after it while the answer is
+    // made: relayed to its end, and the client waits for the answer.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "PUT /api/settings HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        s.addr,
+        s.bearer()
+    )
+    .unwrap();
+    let json = br#"{"image_verification_mode": "enforce"}"#;
+    for piece in json.chunks(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        write!(c, "{:x}\r\n", piece.len()).unwrap();
+        c.write_all(piece).unwrap();
+        c.write_all(b"\r\n").unwrap();
+    }
+    c.write_all(b"0\r\n\r\n").unwrap();
+    let a = read_answer(&mut c);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(
+        s.api("GET", "/api/settings", None).json(),
+        json!({"image_verification_mode": "enforce"})
+    );
+}
+
+#[test]
+fn hundreds_of_idle_connections_leave_room_for_new_clients() {
+    let dir = TempDir::with_prefix("pic-http");
+    let _store = xss_store(&dir);
+    let s = Serve::start(&dir, &[]);
+    let base = s.warm_baseline();
+    let mut idle = Vec::new();
+    for i in 0..300 {
+        let mut c = TcpStream::connect(s.addr).expect("open an idle connection");
+        if i % 2 == 0 {
+            let _ = c.write_all(b"GET /api/sta");
+        }
+        idle.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let held = s.usage();
+    let t = Instant::now();
+    for path in ["/healthz", "/api/services", "/healthz"] {
+        let a = request(s.addr, "GET", path, &[("Authorization", &s.bearer())], b"");
+        assert_eq!(a.status, 200, "{path}: {a:?}");
+    }
+    eprintln!(
+        "300 idle connections: {held:?} (base {base:?}); new clients answered in {:?}",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // Past the documented limit of 512 connections: 503, at once.
+    while idle.len() < 512 {
+        idle.push(TcpStream::connect(s.addr).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let full = s.usage();
+    let t = Instant::now();
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    let _ = c.write_all(&build(s.addr, "GET", "/healthz", &[], b""));
+    let raw = read_to_close(&mut c);
+    let text = String::from_utf8_lossy(&raw);
+    eprintln!(
+        "512 idle connections: {full:?}; the next one: {:?}",
+        t.elapsed()
+    );
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("Retry-After: 5\r\n"), "{text}");
+    assert!(text.contains("Connection: close\r\n"), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    drop(idle);
+    let a = request(s.addr, "GET", "/healthz", &[], b"");
+    assert_eq!(a.status, 200, "{a:?}");
+    s.assert_settles(base, 4, "after 512 idle connections closed");
+}
+
+#[test]
+fn clients_that_leave_early_leave_no_threads_or_descriptors_behind() {
+    let dir = TempDir::with_prefix("pic-http");
+    let _store = xss_store(&dir);
+    let s = Serve::start(&dir, &[]);
+    let base = s.warm_baseline();
+    let auth = s.bearer();
+    let addr = s.addr;
+    let body_head = |len: usize| {
+        format!(
+            "PUT /api/settings HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    let chunked_head = format!(
+        "PUT /api/settings HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let big = vec![b' '; 60_000];
+    let t = Instant::now();
+    for round in 0..40 {
+        // Gone before a byte, in the middle of the head, of the body.
+        drop(TcpStream::connect(addr).unwrap());
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
+        drop(c);
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(body_head(5000).as_bytes()).unwrap();
+        c.write_all(b"{\"image").unwrap();
+        drop(c);
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(body_head(60_000).as_bytes()).unwrap();
+        c.write_all(&big[..30_000]).unwrap();
+        drop(c);
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(chunked_head.as_bytes()).unwrap();
+        c.write_all(b"1000\r\n").unwrap();
+        c.write_all(&big[..100]).unwrap();
+        drop(c);
+        // A whole request, gone before the answer (read or not).
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(&build(
+            addr,
+            "GET",
+            "/api/services",
+            &[("Authorization", &auth)],
+            b"",
+        ))
+        .unwrap();
+        drop(c);
+        // Half-closed after the request: still answered.
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(&build(addr, "GET", "/healthz", &[], b""))
+            .unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let raw = read_to_close(&mut c);
+        assert_eq!(status_of(&raw), Some(200), "round {round}");
+        // Refused heads, bodies announced too large, answered or not.
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(body_head(10 << 20).as_bytes()).unwrap();
+        if round % 2 == 0 {
+            assert_eq!(status_of(&read_to_close(&mut c)), Some(413));
+        }
+        drop(c);
+        let mut c = TcpStream::connect(addr).unwrap();
+        let _ = c.write_all(format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(20_000)).as_bytes());
+        drop(c);
+    }
+    // A reset in the middle of a long answer: clients that read a little.
+    for _ in 0..20 {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(&build(addr, "GET", "/style.css", &[], b""))
+            .unwrap();
+        let mut some = [0u8; 10];
+        c.read_exact(&mut some).unwrap();
+        drop(c);
+    }
+    eprintln!("360 early leavers in {:?}", t.elapsed());
+    let a = s.api("GET", "/api/status", None);
+    assert_eq!(a.status, 200, "{a:?}");
+    let after = s.assert_settles(base, 4, "after 360 clients left early");
+    assert!(
+        after.rss_kib < base.rss_kib + 16 * 1024,
+        "RSS grew from {} KiB to {} KiB",
+        base.rss_kib,
+        after.rss_kib
+    );
+    assert_eq!(
+        s.api("GET", "/api/settings", None).json(),
+        json!({"image_verification_mode": "warn"})
+    );
+}
+
 // --- on the rig: real installs -------------------------------------------------------
 
 const WEB_TEMPLATE: &str = r#"services:

@@ -2,15 +2,22 @@
 //! a fixed pool of worker threads, with one more thread that runs the
 //! mutations in order ([`jobs`]). A long install never blocks a read.
 //!
+//! tiny_http never faces the network: it reads request heads without
+//! limits, so it listens on a private Unix socket and [`front`] accepts
+//! on `PIC_LISTEN`, checks each request's head under hard limits and
+//! relays it, one request per connection, with the client's address in
+//! `X-Pic-Peer` (trusted only from the Unix socket, see [`to_req`]).
+//!
 //! tiny_http reads each connection's request headers on a thread of its
-//! own, so idle or slow-header clients never hold a worker. A body of up
-//! to 1 KiB arrives with the headers; a longer one (at most 64 KiB) is
-//! read on a thread of its own, so a slow upload never holds a worker
-//! either. The request is routed ([`router`]) inside `catch_unwind`.
+//! own, so slow clients never hold a worker. A body of up to 1 KiB
+//! arrives with the headers; a longer one (at most 64 KiB) is read on a
+//! thread of its own, so a slow upload never holds a worker either. The
+//! request is routed ([`router`]) inside `catch_unwind`.
 
 pub mod api;
 pub mod auth;
 pub mod forms;
+pub mod front;
 pub mod jobs;
 pub mod page;
 pub mod router;
@@ -54,8 +61,10 @@ pub fn serve(config: &Config) -> Result<i32> {
     let token = crate::token::load_or_create(&config.state_dir)?;
     let store = Arc::new(StoreClient::from_config(config));
     settle_pending(config, &store)?;
-    let server = tiny_http::Server::http(config.listen)
+    let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|e| Error::failed(format!("listen on {}", config.listen), e))?;
+    let (server, socket) = front::bind_backend(&config.state_dir)?;
+    let front = Arc::new(front::Front::new(listener, socket));
     let config = Arc::new(config.clone());
     let jobs = jobs::Jobs::start(config.clone(), store.clone())?;
     let app = Arc::new(App {
@@ -72,7 +81,7 @@ pub fn serve(config: &Config) -> Result<i32> {
         "admin page: run `pic-store token` for the login URL (http://{}/login?token=...)",
         config.listen
     );
-    run_workers(app, Arc::new(server))
+    run_workers(app, Arc::new(server), front)
 }
 
 /// Settles an operation a dead process left pending and makes the network
@@ -108,8 +117,20 @@ fn allowed_hosts(config: &Config) -> Vec<String> {
     hosts
 }
 
-fn run_workers(app: Arc<App>, server: Arc<tiny_http::Server>) -> Result<i32> {
+fn run_workers(
+    app: Arc<App>,
+    server: Arc<tiny_http::Server>,
+    front: Arc<front::Front>,
+) -> Result<i32> {
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<String>();
+    let front_stop = stop_tx.clone();
+    std::thread::Builder::new()
+        .name("http-front".into())
+        .spawn(move || {
+            front.run();
+            let _ = front_stop.send("the listener stopped".into());
+        })
+        .map_err(|e| Error::failed("start the HTTP listener", e))?;
     for n in 0..WORKERS {
         let (app, server, stop_tx) = (app.clone(), server.clone(), stop_tx.clone());
         std::thread::Builder::new()
@@ -251,7 +272,8 @@ static DRAINERS: AtomicUsize = AtomicUsize::new(0);
 
 /// Answers 413 without reading the announced body. tiny_http drains the
 /// rest of a body when a request is dropped, so the answer is sent from
-/// a helper thread and a worker never waits on the client.
+/// a helper thread and a worker never waits on the client. (The relay
+/// refuses these before tiny_http sees them; this is the second line.)
 fn refuse_large(rq: tiny_http::Request, announced: usize) {
     log::warn!("refused a {announced}-byte request body");
     if announced > MAX_DRAIN || DRAINERS.fetch_add(1, Ordering::SeqCst) >= MAX_DRAINERS {
@@ -273,9 +295,23 @@ fn refuse_large(rq: tiny_http::Request, announced: usize) {
     }
 }
 
+/// The request as the handlers see it. Its client address is the TCP
+/// peer's or, for a request relayed over the Unix socket (no peer
+/// address), the relay's `X-Pic-Peer`; the header is never believed from
+/// TCP, and the handlers never see it.
 fn to_req(rq: &tiny_http::Request, body: Vec<u8>) -> Req {
     let url = rq.url();
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let is_peer = |h: &&tiny_http::Header| h.field.equiv(front::PEER_HEADER);
+    let remote = match rq.remote_addr() {
+        Some(a) => Some(a.ip()),
+        None => front::relayed_peer(
+            rq.headers()
+                .iter()
+                .filter(is_peer)
+                .map(|h| h.value.as_str()),
+        ),
+    };
     Req {
         method: rq.method().as_str().to_ascii_uppercase(),
         path: path.to_string(),
@@ -283,10 +319,11 @@ fn to_req(rq: &tiny_http::Request, body: Vec<u8>) -> Req {
         headers: rq
             .headers()
             .iter()
+            .filter(|h| !is_peer(h))
             .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
             .collect(),
         body,
-        remote: rq.remote_addr().map(|a| a.ip()),
+        remote,
     }
 }
 
