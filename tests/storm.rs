@@ -145,6 +145,18 @@ impl Cell {
             .unwrap()
             .trim()
             .to_string();
+        // serve makes the network match the state as its first queued job:
+        // a mutation answered after it proves it has run.
+        let current = self.state()["settings"]["image_verification_mode"]
+            .as_str()
+            .unwrap_or("warn")
+            .to_string();
+        let barrier = server.api.call(
+            "PUT",
+            "/api/settings",
+            Some(json!({"image_verification_mode": current})),
+        );
+        assert_eq!(barrier.map(|r| r.0), Some(200));
         server
     }
 

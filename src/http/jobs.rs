@@ -52,6 +52,9 @@ pub enum Mutation {
     EgressClear(ServiceId),
     Settings(VerificationMode),
     Reapply,
+    /// At start: make firewall, routes and Caddy match the state (a
+    /// process killed between applying and committing leaves them apart).
+    Reconcile,
 }
 
 impl Mutation {
@@ -75,6 +78,7 @@ impl Mutation {
             Mutation::EgressClear(id) => format!("clear egress of {id}"),
             Mutation::Settings(m) => format!("set image verification to {}", mode_name(*m)),
             Mutation::Reapply => "reapply".to_string(),
+            Mutation::Reconcile => "check the network against the state".to_string(),
         }
     }
 
@@ -119,6 +123,17 @@ impl Mutation {
                 json!({"image_verification_mode": mode})
             }
             Mutation::Reapply => to_json(ops::reapply(ctx, w)?),
+            Mutation::Reconcile => {
+                let session = ops::Session::open(ctx, w)?;
+                // An empty state has nothing to put back, and a cell
+                // with nothing installed needs no chains yet.
+                let empty =
+                    session.state.services.is_empty() && session.state.connections.is_empty();
+                if !empty {
+                    session.reconcile_network(ctx)?;
+                }
+                json!({"reconciled": !empty})
+            }
         };
         Ok(v)
     }

@@ -67,6 +67,8 @@ pub fn serve(config: &Config) -> Result<i32> {
     let front = Arc::new(front::Front::new(listener, socket));
     let config = Arc::new(config.clone());
     let jobs = jobs::Jobs::start(config.clone(), store.clone())?;
+    // First in the queue, but not in the way of the first answer.
+    jobs.submit(jobs::Mutation::Reconcile)?;
     let app = Arc::new(App {
         allowed_hosts: allowed_hosts(&config),
         config: config.clone(),
@@ -84,8 +86,7 @@ pub fn serve(config: &Config) -> Result<i32> {
     run_workers(app, Arc::new(server), front)
 }
 
-/// Settles an operation a dead process left pending and makes the network
-/// match the state, before answering.
+/// Settles an operation a dead process left pending, before answering.
 fn settle_pending(config: &Config, store: &StoreClient) -> Result<()> {
     let mut progress = |line: &str| log::info!("settle: {line}");
     let mut ctx = Ctx {
@@ -94,12 +95,7 @@ fn settle_pending(config: &Config, store: &StoreClient) -> Result<()> {
         store,
         progress: &mut progress,
     };
-    let session = Session::open(&mut ctx, jobs::OP_LOCK_WAIT)?;
-    if let Err(e) = session.reconcile_network(&mut ctx) {
-        // Not fatal: the server is how the owner finds out and fixes it.
-        log::error!("at start: {e}");
-    }
-    Ok(())
+    Session::open(&mut ctx, jobs::OP_LOCK_WAIT).map(drop)
 }
 
 /// `PIC_ALLOWED_HOSTS` plus the listen address, with and without its port.

@@ -33,7 +33,9 @@ fn main() {
             std::thread::spawn(move || {
                 while let Ok(rq) = server.recv() {
                     let resp =
-                        tiny_http::Response::from_data(body.as_slice()).with_header(ct.clone());
+                        tiny_http::Response::from_data(body.as_slice())
+                            .with_header(ct.clone())
+                            .with_chunked_threshold(usize::MAX);
                     let _ = rq.respond(resp);
                 }
             })
