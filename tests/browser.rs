@@ -80,33 +80,6 @@ fn browser_ready() -> bool {
 
 // --- the store: the demo's services, made from the busybox image -----------------
 
-const WEB_TEMPLATE: &str = r#"services:
-  web:
-    image: ${IMAGE}
-    container_name: ${CONTAINER_NAME}
-    command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
-    volumes:
-      - ${DATA_DIR}:/www
-    networks:
-      - ${NETWORK}
-networks:
-  ${NETWORK}:
-    external: true
-"#;
-
-const PROXY_TEMPLATE: &str = r#"services:
-  proxy:
-    image: ${IMAGE}
-    container_name: ${CONTAINER_NAME}
-    command: ["httpd", "-f", "-p", "${REDIRECT_PORT}"]
-    cap_add: [NET_ADMIN]
-    ports:
-      - "${REDIRECT_PORT}:${REDIRECT_PORT}"
-    environment:
-      UPSTREAM: "${UPSTREAM}"
-    networks: [${NETWORK}]
-"#;
-
 fn web_manifest(id: &str, name: &str, digest: &str, description: &str) -> Value {
     json!({
         "id": id, "name": name, "version": "1.0.0", "author": "tests",
@@ -168,44 +141,9 @@ fn store(dir: &TempDir, digest: &str) -> Store {
 
 // --- the server under test -------------------------------------------------------
 
-fn which(program: &str) -> String {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .expect("run sh");
-    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!p.is_empty(), "{program} not found");
-    p
-}
-
 /// `PIC_*` overrides that run iptables and ip inside `ns`, so `serve`
 /// listens on the host's loopback (where the browser is) while its rules
 /// stay in the namespace.
-fn wrapped_programs(dir: &TempDir, ns: &Netns) -> Vec<(String, String)> {
-    use std::os::unix::fs::PermissionsExt;
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).expect("create bin folder");
-    let ip = which("ip");
-    let mut envs = Vec::new();
-    for (var, prog) in [
-        ("PIC_IPTABLES", "iptables"),
-        ("PIC_IPTABLES_RESTORE", "iptables-restore"),
-        ("PIC_IPTABLES_SAVE", "iptables-save"),
-        ("PIC_IP", "ip"),
-    ] {
-        let path = bin.join(prog);
-        let text = format!(
-            "#!/bin/sh\nexec {ip} netns exec {} {} \"$@\"\n",
-            ns.name(),
-            which(prog)
-        );
-        std::fs::write(&path, text).expect("write wrapper");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        envs.push((var.to_string(), path.display().to_string()));
-    }
-    envs
-}
-
 /// `pic-store serve`, killed on drop.
 struct Serve {
     child: Child,
@@ -365,7 +303,7 @@ fn the_admin_page_works_in_a_real_browser() {
     let dir = TempDir::with_prefix("pic-browser");
     let ns = Netns::new();
     let _store = store(&dir, &digest);
-    let programs = wrapped_programs(&dir, &ns);
+    let programs = ns.program_overrides(&dir.join("bin"));
     let mut envs: Vec<(&str, &str)> = programs
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))

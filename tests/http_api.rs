@@ -1361,20 +1361,6 @@ fn clients_that_leave_early_leave_no_threads_or_descriptors_behind() {
 
 // --- on the rig: real installs -------------------------------------------------------
 
-const WEB_TEMPLATE: &str = r#"services:
-  web:
-    image: ${IMAGE}
-    container_name: ${CONTAINER_NAME}
-    command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
-    volumes:
-      - ${DATA_DIR}:/www
-    networks:
-      - ${NETWORK}
-networks:
-  ${NETWORK}:
-    external: true
-"#;
-
 fn web_manifest(id: &str, digest: &str, requires: &[&str]) -> Value {
     json!({
         "id": id, "name": format!("Web {id}"), "version": "1.0", "author": "tests",
@@ -1387,23 +1373,6 @@ fn web_manifest(id: &str, digest: &str, requires: &[&str]) -> Value {
     })
 }
 
-fn which(program: &str) -> String {
-    let out = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .expect("run sh");
-    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!p.is_empty(), "{program} not found");
-    p
-}
-
-/// Writes an executable shell script.
-fn script(path: &std::path::Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).expect("write script");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-}
-
 /// `PIC_*` program overrides that run iptables and ip inside `ns` (so
 /// `serve` can listen on the host's loopback while its rules stay in the
 /// namespace) and a docker whose `compose pull` first sleeps
@@ -1411,28 +1380,9 @@ fn script(path: &std::path::Path, text: &str) {
 /// for timing only; the real docker does the work.
 fn wrapped_programs(dir: &TempDir, ns: &Netns, pull_delay: u32) -> Vec<(String, String)> {
     let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let ip = which("ip");
-    let mut envs = Vec::new();
-    for (var, prog) in [
-        ("PIC_IPTABLES", "iptables"),
-        ("PIC_IPTABLES_RESTORE", "iptables-restore"),
-        ("PIC_IPTABLES_SAVE", "iptables-save"),
-        ("PIC_IP", "ip"),
-    ] {
-        let path = bin.join(prog);
-        script(
-            &path,
-            &format!(
-                "#!/bin/sh\nexec {ip} netns exec {} {} \"$@\"\n",
-                ns.name(),
-                which(prog)
-            ),
-        );
-        envs.push((var.to_string(), path.display().to_string()));
-    }
+    let mut envs = ns.program_overrides(&bin);
     let docker = bin.join("docker");
-    script(
+    write_script(
         &docker,
         &format!(
             "#!/bin/sh\ncase \" $* \" in *\" compose \"*\" pull \"*) sleep {pull_delay};; esac\nexec {} \"$@\"\n",
@@ -1582,19 +1532,6 @@ fn installs_through_forms_and_the_api_while_reads_stay_fast() {
 
 /// An instanceable redirect proxy: busybox httpd listening on the port the
 /// connection is given, published on the host as spec §9 wants.
-const PROXY_TEMPLATE: &str = r#"services:
-  proxy:
-    image: ${IMAGE}
-    container_name: ${CONTAINER_NAME}
-    command: ["httpd", "-f", "-p", "${REDIRECT_PORT}"]
-    cap_add: [NET_ADMIN]
-    ports:
-      - "${REDIRECT_PORT}:${REDIRECT_PORT}"
-    environment:
-      UPSTREAM: "${UPSTREAM}"
-    networks: [${NETWORK}]
-"#;
-
 fn proxy_manifest(id: &str, digest: &str) -> Value {
     json!({
         "id": id, "name": "Redirect proxy", "version": "1.0", "author": "tests",

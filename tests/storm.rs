@@ -20,20 +20,6 @@ const WEB: &str = "services:\n  web:\n    image: ${IMAGE}\n    container_name: $
 /// A `route` instance: no published port, so tests can run side by side.
 const TUNNEL: &str = "services:\n  tunnel:\n    image: ${IMAGE}\n    container_name: ${CONTAINER_NAME}\n    command: [\"httpd\", \"-f\", \"-p\", \"${REDIRECT_PORT}\"]\n    environment:\n      MARK: \"${FWMARK}\"\n    networks: [${NETWORK}]\n";
 
-fn script(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::write(path, text).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn which(program: &str) -> String {
-    let out = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// A cell: state folder, store, namespace for its rules, and the program
 /// overrides that run iptables and ip inside that namespace (so `serve`
 /// can listen on the host's loopback).
@@ -55,8 +41,6 @@ impl Cell {
             store.add(id, m.clone(), t);
             ids.push(id.to_string());
         }
-        let bin = dir.join("bin");
-        fs::create_dir_all(&bin).unwrap();
         let mut env = vec![
             ("PIC_SERVICE_POOL".to_string(), pool.to_string()),
             ("PIC_WAN_IFACE".to_string(), "picdummy".to_string()),
@@ -65,24 +49,7 @@ impl Cell {
                 dir.join("services.caddy").display().to_string(),
             ),
         ];
-        for (var, prog) in [
-            ("PIC_IPTABLES", "iptables"),
-            ("PIC_IPTABLES_RESTORE", "iptables-restore"),
-            ("PIC_IPTABLES_SAVE", "iptables-save"),
-            ("PIC_IP", "ip"),
-        ] {
-            let path = bin.join(prog);
-            script(
-                &path,
-                &format!(
-                    "#!/bin/sh\nexec {} netns exec {} {} \"$@\"\n",
-                    which("ip"),
-                    ns.name(),
-                    which(prog)
-                ),
-            );
-            env.push((var.to_string(), path.display().to_string()));
-        }
+        env.extend(ns.program_overrides(&dir.join("bin")));
         Cell { dir, ns, env, ids }
     }
 

@@ -495,3 +495,83 @@ impl Drop for Netns {
             .output();
     }
 }
+
+// --- programs and templates shared by the server tests ---------------------------
+
+/// The absolute path of a program on `PATH`.
+pub fn which(program: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .expect("run sh");
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!p.is_empty(), "{program} not found");
+    p
+}
+
+/// Writes an executable shell script.
+pub fn write_script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, text).expect("write script");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod script");
+}
+
+impl Netns {
+    /// `PIC_*` program overrides (wrappers written into `bin`) that run
+    /// iptables and ip inside this namespace, so a `serve` listening on the
+    /// host's loopback programs only the namespace's rules.
+    pub fn program_overrides(&self, bin: &Path) -> Vec<(String, String)> {
+        fs::create_dir_all(bin).expect("create bin folder");
+        let ip = which("ip");
+        [
+            ("PIC_IPTABLES", "iptables"),
+            ("PIC_IPTABLES_RESTORE", "iptables-restore"),
+            ("PIC_IPTABLES_SAVE", "iptables-save"),
+            ("PIC_IP", "ip"),
+        ]
+        .iter()
+        .map(|(var, prog)| {
+            let path = bin.join(prog);
+            write_script(
+                &path,
+                &format!(
+                    "#!/bin/sh\nexec {ip} netns exec {} {} \"$@\"\n",
+                    self.name(),
+                    which(prog)
+                ),
+            );
+            (var.to_string(), path.display().to_string())
+        })
+        .collect()
+    }
+}
+
+/// A busybox web service serving its data folder on port 8080.
+pub const WEB_TEMPLATE: &str = r#"services:
+  web:
+    image: ${IMAGE}
+    container_name: ${CONTAINER_NAME}
+    command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
+    volumes:
+      - ${DATA_DIR}:/www
+    networks:
+      - ${NETWORK}
+networks:
+  ${NETWORK}:
+    external: true
+"#;
+
+/// An instanceable redirect "proxy": busybox httpd on the instance's
+/// redirect port, published on the host.
+pub const PROXY_TEMPLATE: &str = r#"services:
+  proxy:
+    image: ${IMAGE}
+    container_name: ${CONTAINER_NAME}
+    command: ["httpd", "-f", "-p", "${REDIRECT_PORT}"]
+    cap_add: [NET_ADMIN]
+    ports:
+      - "${REDIRECT_PORT}:${REDIRECT_PORT}"
+    environment:
+      UPSTREAM: "${UPSTREAM}"
+    networks: [${NETWORK}]
+"#;
