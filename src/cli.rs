@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::host::RealHost;
 use crate::ids::ServiceId;
-use crate::ops::{self, Ctx};
+use crate::ops::{self, Command, Ctx, Peer, Purge};
 use crate::state::{StateStore, CLI_LOCK_WAIT};
 use crate::store::StoreClient;
 use serde_json::json;
@@ -114,6 +114,9 @@ impl<'a> Words<'a> {
 }
 
 fn dispatch(config: &Config, cmd: &str, rest: &[&str]) -> Result<i32> {
+    if let Some((command, print)) = parse_command(cmd, rest)? {
+        return run_command(config, &command, print);
+    }
     match cmd {
         "config" => {
             Words::parse(cmd, rest, &[])?.exactly(cmd, &[])?;
@@ -139,44 +142,6 @@ fn dispatch(config: &Config, cmd: &str, rest: &[&str]) -> Result<i32> {
             }
             crate::validate::run(config, &w.positional)
         }
-        "install" | "update" => {
-            let w = Words::parse(cmd, rest, &[])?;
-            w.exactly(cmd, &["ID"])?;
-            let id = ServiceId::parse(w.positional[0])?;
-            with_ctx(config, |ctx| {
-                if cmd == "install" {
-                    let out = ops::install(ctx, &id, CLI_LOCK_WAIT)?;
-                    print_install(&out);
-                } else {
-                    let out = ops::update(ctx, &id, CLI_LOCK_WAIT)?;
-                    if out.updated {
-                        println!(
-                            "updated {} from {} to {}",
-                            out.id, out.from_version, out.to_version
-                        );
-                    } else {
-                        println!("{} is already at version {}", out.id, out.to_version);
-                    }
-                }
-                Ok(0)
-            })
-        }
-        "remove" => {
-            let w = Words::parse(cmd, rest, &["--purge"])?;
-            w.exactly(cmd, &["ID"])?;
-            let id = ServiceId::parse(w.positional[0])?;
-            let purge = w.has("--purge");
-            with_ctx(config, |ctx| {
-                let out = ops::remove(ctx, &id, purge, CLI_LOCK_WAIT)?;
-                let how = if out.purged {
-                    " and its data deleted"
-                } else {
-                    ""
-                };
-                println!("removed {}{how}", out.id);
-                Ok(0)
-            })
-        }
         "list" => {
             let w = Words::parse(cmd, rest, &["--json"])?;
             w.exactly(cmd, &[])?;
@@ -188,42 +153,145 @@ fn dispatch(config: &Config, cmd: &str, rest: &[&str]) -> Result<i32> {
             crate::report::status(config, &RealHost, w.has("--json"))
         }
         "reapply" => {
+            // Without --dry-run it is a command (above).
             let w = Words::parse(cmd, rest, &["--dry-run", "--json"])?;
             w.exactly(cmd, &[])?;
-            let as_json = w.has("--json");
-            if w.has("--dry-run") {
-                return with_ctx(config, |ctx| {
-                    let d = ops::dry_run(ctx)?;
-                    print_dry_run(&d, as_json);
-                    Ok(if d.drift.is_empty() { 0 } else { 1 })
-                });
-            }
             with_ctx(config, |ctx| {
-                let r = ops::reapply(ctx, REAPPLY_LOCK_WAIT)?;
-                if as_json {
-                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
-                } else {
-                    if let Some(msg) = &r.recovered {
-                        println!("recovered: {msg}");
-                    }
-                    for i in &r.items {
-                        let mark = if i.ok { "ok  " } else { "FAIL" };
-                        println!("{mark} {}: {}", i.item, i.detail);
-                    }
-                    println!("{}", r.summary());
-                }
-                Ok(if r.failed == 0 { 0 } else { 1 })
+                let d = ops::dry_run(ctx)?;
+                print_dry_run(&d, w.has("--json"));
+                Ok(if d.drift.is_empty() { 0 } else { 1 })
             })
         }
-        "connection" => connection(config, rest),
-        "peer" => peer(config, rest),
-        "egress" => egress(config, rest),
+        "connection" => match rest {
+            ["list", args @ ..] => connection_list(config, args),
+            _ => Err(Error::Usage("connection takes add, remove or list".into())),
+        },
+        "peer" => match rest {
+            ["list", args @ ..] => peer_list(config, args),
+            _ => Err(Error::Usage("peer takes route, unroute or list".into())),
+        },
+        "egress" => Err(Error::Usage("egress takes set or clear".into())),
         "serve" => {
             Words::parse(cmd, rest, &[])?.exactly(cmd, &[])?;
             crate::http::serve(config)
         }
         _ => Err(Error::Usage(format!("unknown command {cmd:?}"))),
     }
+}
+
+/// How the CLI prints an outcome.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Print {
+    Text,
+    Json,
+}
+
+/// The [`Command`] that `cmd rest` asks for; `None` for the commands
+/// that only read (and `reapply --dry-run`).
+fn parse_command(cmd: &str, rest: &[&str]) -> Result<Option<(Command, Print)>> {
+    let one_id = |name: &str, args: &[&str]| -> Result<ServiceId> {
+        let w = Words::parse(name, args, &[])?;
+        w.exactly(name, &["ID"])?;
+        ServiceId::parse(w.positional[0])
+    };
+    let command = match (cmd, rest) {
+        ("install", args) => Command::Install(one_id(cmd, args)?),
+        ("update", args) => Command::Update(one_id(cmd, args)?),
+        ("remove", args) => {
+            let w = Words::parse(cmd, args, &["--purge"])?;
+            w.exactly(cmd, &["ID"])?;
+            Command::Remove {
+                id: ServiceId::parse(w.positional[0])?,
+                purge: Purge::from_flag(w.has("--purge")),
+            }
+        }
+        ("reapply", args) => {
+            let w = Words::parse(cmd, args, &["--dry-run", "--json"])?;
+            w.exactly(cmd, &[])?;
+            if w.has("--dry-run") {
+                return Ok(None);
+            }
+            let print = if w.has("--json") {
+                Print::Json
+            } else {
+                Print::Text
+            };
+            return Ok(Some((Command::Reapply, print)));
+        }
+        ("connection", ["add", args @ ..]) => {
+            let w = Words::parse("connection add", args, &[])?;
+            let [service, name, settings @ ..] = w.positional.as_slice() else {
+                return Err(Error::Usage(
+                    "connection add takes SERVICE NAME [KEY=VALUE...]".into(),
+                ));
+            };
+            Command::ConnectionAdd {
+                service: ServiceId::parse(service)?,
+                name: ServiceId::parse(name)?,
+                env: parse_settings(settings)?,
+            }
+        }
+        ("connection", ["remove", args @ ..]) => {
+            let w = Words::parse("connection remove", args, &[])?;
+            w.exactly("connection remove", &["NAME"])?;
+            Command::ConnectionRemove(ServiceId::parse(w.positional[0])?)
+        }
+        ("peer", ["route", args @ ..]) => {
+            let w = Words::parse("peer route", args, &[])?;
+            w.exactly("peer route", &["PEER_IP", "CONNECTION"])?;
+            Command::PeerRoute {
+                peer: Peer::parse(w.positional[0])?,
+                connection: ServiceId::parse(w.positional[1])?,
+            }
+        }
+        ("peer", ["unroute", args @ ..]) => {
+            let w = Words::parse("peer unroute", args, &[])?;
+            w.exactly("peer unroute", &["PEER_IP"])?;
+            Command::PeerUnroute(Peer::parse(w.positional[0])?)
+        }
+        ("egress", ["set", args @ ..]) => {
+            let w = Words::parse("egress set", args, &[])?;
+            w.exactly("egress set", &["SERVICE", "CONNECTION"])?;
+            Command::EgressSet {
+                service: ServiceId::parse(w.positional[0])?,
+                connection: ServiceId::parse(w.positional[1])?,
+            }
+        }
+        ("egress", ["clear", args @ ..]) => {
+            let w = Words::parse("egress clear", args, &[])?;
+            w.exactly("egress clear", &["SERVICE"])?;
+            Command::EgressClear(ServiceId::parse(w.positional[0])?)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some((command, Print::Text)))
+}
+
+/// Runs a command with the real host, printing its outcome.
+fn run_command(config: &Config, command: &Command, print: Print) -> Result<i32> {
+    // Boot may find `serve` settling a pending operation: wait longer.
+    let wait = match command {
+        Command::Reapply => REAPPLY_LOCK_WAIT,
+        _ => CLI_LOCK_WAIT,
+    };
+    with_ctx(config, |ctx| {
+        let outcome = command.run(ctx, wait)?;
+        if print == Print::Json {
+            println!(
+                "{}",
+                serde_json::to_string(&outcome.to_json()).unwrap_or_default()
+            );
+        } else {
+            let (out, err) = outcome.text();
+            for line in out {
+                println!("{line}");
+            }
+            for line in err {
+                eprintln!("{line}");
+            }
+        }
+        Ok(outcome.exit_code())
+    })
 }
 
 /// Runs an operation with the real host, the store, and progress lines
@@ -240,135 +308,44 @@ fn with_ctx(config: &Config, op: impl FnOnce(&mut Ctx) -> Result<i32>) -> Result
     op(&mut ctx)
 }
 
-fn connection(config: &Config, rest: &[&str]) -> Result<i32> {
-    match rest {
-        ["add", args @ ..] => {
-            let w = Words::parse("connection add", args, &[])?;
-            let [service, name, settings @ ..] = w.positional.as_slice() else {
-                return Err(Error::Usage(
-                    "connection add takes SERVICE NAME [KEY=VALUE...]".into(),
-                ));
-            };
-            let service = ServiceId::parse(service)?;
-            let name = ServiceId::parse(name)?;
-            let env = parse_settings(settings)?;
-            with_ctx(config, |ctx| {
-                let c = ops::connection_add(ctx, &service, &name, env, CLI_LOCK_WAIT)?;
-                println!(
-                    "connection {} of {} is up: mark {:#x}, table {}, port {}, address {}",
-                    c.id, c.service, c.fwmark, c.table, c.port, c.ip
-                );
-                Ok(0)
-            })
-        }
-        ["remove", args @ ..] => {
-            let w = Words::parse("connection remove", args, &[])?;
-            w.exactly("connection remove", &["NAME"])?;
-            let id = ServiceId::parse(w.positional[0])?;
-            with_ctx(config, |ctx| {
-                ops::connection_remove(ctx, &id, CLI_LOCK_WAIT)?;
-                println!("connection {id} deleted");
-                Ok(0)
-            })
-        }
-        ["list", args @ ..] => {
-            let w = Words::parse("connection list", args, &["--json"])?;
-            w.exactly("connection list", &[])?;
-            let state = StateStore::new(&config.state_dir).read()?;
-            if w.has("--json") {
-                println!("{}", json!(state.connections));
-                return Ok(0);
-            }
-            println!(
-                "{:<24} {:<20} {:<7} {:<6} {:<6} ADDRESS",
-                "NAME", "SERVICE", "MARK", "TABLE", "PORT"
-            );
-            for (id, c) in &state.connections {
-                println!(
-                    "{id:<24} {:<20} {:<7} {:<6} {:<6} {}",
-                    c.service,
-                    format!("{:#x}", c.fwmark),
-                    c.table,
-                    c.port,
-                    c.ip
-                );
-            }
-            Ok(0)
-        }
-        _ => Err(Error::Usage("connection takes add, remove or list".into())),
+fn connection_list(config: &Config, args: &[&str]) -> Result<i32> {
+    let w = Words::parse("connection list", args, &["--json"])?;
+    w.exactly("connection list", &[])?;
+    let state = StateStore::new(&config.state_dir).read()?;
+    if w.has("--json") {
+        println!("{}", json!(state.connections));
+        return Ok(0);
     }
+    println!(
+        "{:<24} {:<20} {:<7} {:<6} {:<6} ADDRESS",
+        "NAME", "SERVICE", "MARK", "TABLE", "PORT"
+    );
+    for (id, c) in &state.connections {
+        println!(
+            "{id:<24} {:<20} {:<7} {:<6} {:<6} {}",
+            c.service,
+            format!("{:#x}", c.fwmark),
+            c.table,
+            c.port,
+            c.ip
+        );
+    }
+    Ok(0)
 }
 
-fn peer(config: &Config, rest: &[&str]) -> Result<i32> {
-    match rest {
-        ["route", args @ ..] => {
-            let w = Words::parse("peer route", args, &[])?;
-            w.exactly("peer route", &["PEER_IP", "CONNECTION"])?;
-            let peer = ops::parse_peer(w.positional[0])?;
-            let conn = ServiceId::parse(w.positional[1])?;
-            with_ctx(config, |ctx| {
-                ops::peer_route(ctx, peer, &conn, CLI_LOCK_WAIT)?;
-                println!("peer {peer} routed through {conn}");
-                Ok(0)
-            })
-        }
-        ["unroute", args @ ..] => {
-            let w = Words::parse("peer unroute", args, &[])?;
-            w.exactly("peer unroute", &["PEER_IP"])?;
-            let peer = ops::parse_peer(w.positional[0])?;
-            with_ctx(config, |ctx| {
-                let had = ops::peer_unroute(ctx, peer, CLI_LOCK_WAIT)?;
-                if had {
-                    println!("peer {peer} is back on the default route");
-                } else {
-                    println!("peer {peer} had no route");
-                }
-                Ok(0)
-            })
-        }
-        ["list", args @ ..] => {
-            let w = Words::parse("peer list", args, &["--json"])?;
-            w.exactly("peer list", &[])?;
-            let state = StateStore::new(&config.state_dir).read()?;
-            if w.has("--json") {
-                println!("{}", json!(state.peer_routes));
-                return Ok(0);
-            }
-            println!("{:<18} CONNECTION", "PEER");
-            for (p, c) in &state.peer_routes {
-                println!("{p:<18} {c}");
-            }
-            Ok(0)
-        }
-        _ => Err(Error::Usage("peer takes route, unroute or list".into())),
+fn peer_list(config: &Config, args: &[&str]) -> Result<i32> {
+    let w = Words::parse("peer list", args, &["--json"])?;
+    w.exactly("peer list", &[])?;
+    let state = StateStore::new(&config.state_dir).read()?;
+    if w.has("--json") {
+        println!("{}", json!(state.peer_routes));
+        return Ok(0);
     }
-}
-
-fn egress(config: &Config, rest: &[&str]) -> Result<i32> {
-    match rest {
-        ["set", args @ ..] => {
-            let w = Words::parse("egress set", args, &[])?;
-            w.exactly("egress set", &["SERVICE", "CONNECTION"])?;
-            let service = ServiceId::parse(w.positional[0])?;
-            let conn = ServiceId::parse(w.positional[1])?;
-            with_ctx(config, |ctx| {
-                ops::egress_set(ctx, &service, &conn, CLI_LOCK_WAIT)?;
-                println!("{service}: outbound traffic goes through {conn}");
-                Ok(0)
-            })
-        }
-        ["clear", args @ ..] => {
-            let w = Words::parse("egress clear", args, &[])?;
-            w.exactly("egress clear", &["SERVICE"])?;
-            let service = ServiceId::parse(w.positional[0])?;
-            with_ctx(config, |ctx| {
-                ops::egress_clear(ctx, &service, CLI_LOCK_WAIT)?;
-                println!("{service}: outbound traffic on the default route");
-                Ok(0)
-            })
-        }
-        _ => Err(Error::Usage("egress takes set or clear".into())),
+    println!("{:<18} CONNECTION", "PEER");
+    for (p, c) in &state.peer_routes {
+        println!("{p:<18} {c}");
     }
+    Ok(0)
 }
 
 /// `KEY=VALUE` words of `connection add`; the values are checked against
@@ -386,7 +363,6 @@ fn parse_settings(words: &[&str]) -> Result<std::collections::BTreeMap<String, S
     Ok(env)
 }
 
-/// Boot may find `serve` settling a pending operation: wait longer.
 const REAPPLY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn print_dry_run(d: &ops::DryRun, as_json: bool) {
@@ -404,22 +380,5 @@ fn print_dry_run(d: &ops::DryRun, as_json: bool) {
         for line in &d.drift {
             println!("  {line}");
         }
-    }
-}
-
-fn print_install(out: &ops::InstallOutcome) {
-    if out.already_installed {
-        println!("{} is already installed (version {})", out.id, out.version);
-        return;
-    }
-    match out.ip {
-        Some(ip) => println!("installed {} {} at {ip}", out.id, out.version),
-        None => println!(
-            "installed {} {} (instanceable: add connections to run it)",
-            out.id, out.version
-        ),
-    }
-    for w in &out.warnings {
-        eprintln!("warning: {w}");
     }
 }

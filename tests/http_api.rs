@@ -724,6 +724,54 @@ fn form_posts_from_the_page_itself_are_accepted() {
     );
 }
 
+/// A peer address is checked by the one parser every entry point uses: the
+/// API and the forms refuse what the CLI refuses, with 400, before a job
+/// is queued (no job id in the answer, no redirect to a job page).
+#[test]
+fn peer_addresses_the_cli_refuses_are_refused_before_any_job() {
+    let dir = TempDir::with_prefix("pic-http");
+    let _store = xss_store(&dir);
+    let s = Serve::start(&dir, &[]);
+    let cookie = s.login();
+    let csrf = csrf_of(&s.page("/", &cookie).body);
+    for bad in [
+        "0.0.0.0",
+        "127.0.0.1",
+        "255.255.255.255",
+        "224.0.0.1",
+        "169.254.1.1",
+    ] {
+        let route = format!("/api/peers/{bad}/route");
+        let a = s.api("PUT", &route, Some(json!({"connection": "c1"})));
+        assert_refused(&a, 400, "unicast");
+        assert!(a.json().get("job").is_none(), "{bad}: a job ran: {a:?}");
+        let a = s.api("DELETE", &route, None);
+        assert_refused(&a, 400, "unicast");
+        assert!(a.json().get("job").is_none(), "{bad}: a job ran: {a:?}");
+
+        let form = format!("csrf={csrf}&peer={bad}&connection=c1");
+        let a = s.post_form("/ui/peers", &cookie, &form);
+        assert_eq!(a.status, 400, "{bad}: {a:?}");
+        assert!(a.body.contains("unicast"), "{bad}: {a:?}");
+        let a = s.post_form(
+            &format!("/ui/peers/{bad}/unroute"),
+            &cookie,
+            &format!("csrf={csrf}"),
+        );
+        assert_eq!(a.status, 400, "{bad}: {a:?}");
+        assert!(a.body.contains("unicast"), "{bad}: {a:?}");
+    }
+    // And the CLI, for the same addresses.
+    for bad in ["0.0.0.0", "169.254.1.1"] {
+        let out = pic(&dir, &[], &["peer", "route", bad, "c1"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("unicast"),
+            "{out:?}"
+        );
+    }
+}
+
 #[test]
 fn wrong_tokens_are_throttled_and_logged_then_the_right_one_works() {
     let dir = TempDir::with_prefix("pic-http");

@@ -25,8 +25,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use pic_store::config::Config;
-use pic_store::http::router::{self, Req, Resp};
-use pic_store::http::{api, auth, forms, jobs, App};
+use pic_store::http::msg::{Req, Resp};
+use pic_store::http::{auth, forms, jobs, router, App};
+use pic_store::ids::ServiceId;
+use pic_store::ops::Peer;
 use pic_store::store::StoreClient;
 use serde_json::Value;
 use std::net::{IpAddr, Ipv4Addr};
@@ -226,20 +228,20 @@ fn check_answer(req: &Req, resp: &Resp, authenticated: bool) {
     }
 }
 
-/// The builders of the API's mutations, called directly on the request's
-/// fields and path words: the router only reaches them with the token,
-/// and a queued job would run for real.
+/// The parsers of the API's and the forms' commands, called directly on
+/// the request's fields and path words: the router only reaches them with
+/// the token or a CSRF token, and a queued job would run for real.
 fn mutation_builders(req: &Req) {
     let Ok(fields) = forms::body_object(forms::body_kind(req.header("Content-Type")), &req.body)
     else {
         return;
     };
     for word in req.path.split('/').take(8) {
-        let _ = api::peer_ip(word);
-        let _ = api::peer_route(word, &fields);
-        let _ = api::egress_set(word, &fields);
+        let _ = Peer::parse(word);
+        let _ = ServiceId::parse(word);
     }
-    let _ = api::connection_add(&fields);
-    let _ = api::settings(&fields);
+    let _ = forms::id_field(&fields, "connection");
+    let _ = forms::connection_add(&fields);
+    let _ = forms::settings(&fields);
     let _ = req.query_param("purge");
 }

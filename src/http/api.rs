@@ -1,113 +1,73 @@
-//! The JSON API of spec §12 (the table's rows), behind the Bearer token.
-//! Reads answer from the state file without the lock; every change is a
-//! job on the mutation thread, and its `POST`/`PUT`/`DELETE` waits for it
-//! and answers the final result with the job's id. Path ids and addresses
-//! are checked before any use, and the builders here are shared with the
-//! admin page's forms.
+//! The JSON API of spec §12 (the table's rows; routed, and the Bearer
+//! token checked, by the router). Reads answer from the state file without
+//! the lock; every change is a [`Command`] run as a job on the mutation
+//! thread, and its `POST`/`PUT`/`DELETE` waits for it and answers the final
+//! result with the job's id.
 
-use super::forms;
-use super::jobs::{Mutation, Outcome};
-use super::router::{Req, Resp};
+use super::jobs::Outcome;
+use super::msg::Resp;
 use super::App;
 use crate::error::{Error, Result};
 use crate::host::RealHost;
 use crate::ids::ServiceId;
-use crate::manifest::VerificationMode;
+use crate::ops::Command;
 use crate::state::{State, StateStore};
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 
-/// Answers an authenticated `/api/*` request whose method fits its path.
-pub fn handle(app: &App, req: &Req, segs: &[&str]) -> Resp {
-    match answer(app, req, segs) {
-        Ok(r) => r,
-        Err(e) => Resp::from_error(&e),
+/// `GET /api/services/<id>`.
+pub fn service(app: &App, args: &[&str]) -> Result<Resp> {
+    let id = ServiceId::parse(args.first().copied().unwrap_or(""))?;
+    match read_state(app)?.services.get(id.as_str()) {
+        Some(s) => Ok(Resp::json(200, &json!(s))),
+        None => Err(not_installed(&id)),
     }
 }
 
-fn answer(app: &App, req: &Req, segs: &[&str]) -> Result<Resp> {
-    let m = req.method.as_str();
-    match (m, segs) {
-        ("GET", ["api", "status"]) => status(app),
-        ("GET", ["api", "services"]) => services(app),
-        ("GET", ["api", "services", id]) => {
-            let id = ServiceId::parse(id)?;
-            match read_state(app)?.services.get(id.as_str()) {
-                Some(s) => Ok(Resp::json(200, &json!(s))),
-                None => Err(not_installed(&id)),
-            }
-        }
-        ("GET", ["api", "jobs", id]) => match app.jobs.get(id) {
-            Some(job) => Ok(Resp::json(200, &job.to_json())),
-            None => Err(Error::NotFound(format!(
-                "no job {}",
-                crate::ids::truncate(id, 40)
-            ))),
-        },
-        ("GET", ["api", "connections"]) => Ok(Resp::json(
-            200,
-            &json!({"connections": read_state(app)?.connections}),
-        )),
-        ("GET", ["api", "connections", id]) => {
-            let id = ServiceId::parse(id)?;
-            match read_state(app)?.connections.get(id.as_str()) {
-                Some(c) => Ok(Resp::json(200, &json!(c))),
-                None => Err(Error::NotFound(format!("no connection {id}"))),
-            }
-        }
-        ("GET", ["api", "peers"]) => Ok(Resp::json(
-            200,
-            &json!({"routes": read_state(app)?.peer_routes}),
-        )),
-        ("GET", ["api", "settings"]) => {
-            let s = read_state(app)?.settings;
-            Ok(Resp::json(200, &json!(s)))
-        }
-        _ => {
-            let fields = req.fields()?;
-            let mutation = api_mutation(m, segs, &fields, req)?;
-            Ok(run_and_wait(app, mutation))
-        }
+/// `GET /api/jobs/<id>`.
+pub fn job(app: &App, args: &[&str]) -> Result<Resp> {
+    let id = args.first().copied().unwrap_or("");
+    match app.jobs.get(id) {
+        Some(job) => Ok(Resp::json(200, &job.to_json())),
+        None => Err(Error::NotFound(format!(
+            "no job {}",
+            crate::ids::truncate(id, 40)
+        ))),
     }
 }
 
-/// The mutation a `POST`, `PUT` or `DELETE` asks for.
-fn api_mutation(
-    method: &str,
-    segs: &[&str],
-    fields: &Map<String, Value>,
-    req: &Req,
-) -> Result<Mutation> {
-    Ok(match (method, segs) {
-        ("POST", ["api", "services", id, "install"]) => Mutation::Install(ServiceId::parse(id)?),
-        ("POST", ["api", "services", id, "update"]) => Mutation::Update(ServiceId::parse(id)?),
-        ("POST", ["api", "services", id, "remove"]) => {
-            let purge = forms::flag(fields, "purge")
-                || req
-                    .query_param("purge")
-                    .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "on" | "yes"));
-            Mutation::Remove {
-                id: ServiceId::parse(id)?,
-                purge,
-            }
-        }
-        ("PUT", ["api", "services", id, "egress"]) => egress_set(id, fields)?,
-        ("DELETE", ["api", "services", id, "egress"]) => {
-            Mutation::EgressClear(ServiceId::parse(id)?)
-        }
-        ("POST", ["api", "connections"]) => connection_add(fields)?,
-        ("DELETE", ["api", "connections", id]) => Mutation::ConnectionRemove(ServiceId::parse(id)?),
-        ("PUT", ["api", "peers", ip, "route"]) => peer_route(ip, fields)?,
-        ("DELETE", ["api", "peers", ip, "route"]) => Mutation::PeerUnroute(peer_ip(ip)?),
-        ("PUT", ["api", "settings"]) => settings(fields)?,
-        ("POST", ["api", "reapply"]) => Mutation::Reapply,
-        _ => return Err(Error::NotFound("no such API path".into())),
-    })
+/// `GET /api/connections`.
+pub fn connections(app: &App, _: &[&str]) -> Result<Resp> {
+    Ok(Resp::json(
+        200,
+        &json!({"connections": read_state(app)?.connections}),
+    ))
+}
+
+/// `GET /api/connections/<id>`.
+pub fn connection(app: &App, args: &[&str]) -> Result<Resp> {
+    let id = ServiceId::parse(args.first().copied().unwrap_or(""))?;
+    match read_state(app)?.connections.get(id.as_str()) {
+        Some(c) => Ok(Resp::json(200, &json!(c))),
+        None => Err(Error::NotFound(format!("no connection {id}"))),
+    }
+}
+
+/// `GET /api/peers`.
+pub fn peers(app: &App, _: &[&str]) -> Result<Resp> {
+    Ok(Resp::json(
+        200,
+        &json!({"routes": read_state(app)?.peer_routes}),
+    ))
+}
+
+/// `GET /api/settings`.
+pub fn settings(app: &App, _: &[&str]) -> Result<Resp> {
+    let s = read_state(app)?.settings;
+    Ok(Resp::json(200, &json!(s)))
 }
 
 /// Queues `m`, waits for it and answers its outcome with the job's id.
-pub fn run_and_wait(app: &App, m: Mutation) -> Resp {
+pub fn run_and_wait(app: &App, m: Command) -> Resp {
     let job = match app.jobs.submit(m) {
         Ok(j) => j,
         Err(e) => return Resp::from_error(&e),
@@ -132,7 +92,7 @@ pub fn run_and_wait(app: &App, m: Mutation) -> Resp {
     }
 }
 
-fn status(app: &App) -> Result<Resp> {
+pub fn status(app: &App, _: &[&str]) -> Result<Resp> {
     let state = read_state(app)?;
     let mut v = crate::report::status_json(&app.config, &RealHost, &state, &app.store);
     let active: Vec<Value> = app
@@ -164,7 +124,7 @@ struct ServicesKey {
 static SERVICES: std::sync::Mutex<Option<(ServicesKey, std::sync::Arc<Vec<u8>>)>> =
     std::sync::Mutex::new(None);
 
-fn services(app: &App) -> Result<Resp> {
+pub fn services(app: &App, _: &[&str]) -> Result<Resp> {
     use std::os::unix::fs::MetadataExt;
     let index = app.store.index()?;
     let state_file = app.config.state_file();
@@ -197,89 +157,4 @@ pub fn read_state(app: &App) -> Result<State> {
 
 fn not_installed(id: &ServiceId) -> Error {
     Error::NotFound(format!("{id} is not installed"))
-}
-
-/// A peer address from a path or a form: IPv4 only.
-pub fn peer_ip(s: &str) -> Result<Ipv4Addr> {
-    s.trim().parse::<Ipv4Addr>().map_err(|_| {
-        Error::invalid(
-            "peer",
-            vec![format!(
-                "{:?} is not an IPv4 address",
-                crate::ids::truncate(s, 64)
-            )],
-        )
-    })
-}
-
-fn id_field(fields: &Map<String, Value>, name: &str) -> Result<ServiceId> {
-    ServiceId::parse(forms::text(fields, name)?)
-}
-
-pub fn peer_route(ip: &str, fields: &Map<String, Value>) -> Result<Mutation> {
-    Ok(Mutation::PeerRoute {
-        peer: peer_ip(ip)?,
-        connection: id_field(fields, "connection")?,
-    })
-}
-
-pub fn egress_set(service: &str, fields: &Map<String, Value>) -> Result<Mutation> {
-    Ok(Mutation::EgressSet {
-        service: ServiceId::parse(service)?,
-        connection: id_field(fields, "connection")?,
-    })
-}
-
-/// `{"service", "name", "env"}`; `env` an object of strings, or (from a
-/// form) `KEY=VALUE` lines.
-pub fn connection_add(fields: &Map<String, Value>) -> Result<Mutation> {
-    let service = id_field(fields, "service")?;
-    let name = id_field(fields, "name")?;
-    let env = match fields.get("env") {
-        None | Some(Value::Null) => BTreeMap::new(),
-        Some(Value::String(lines)) => forms::env_lines(lines)?.into_iter().collect(),
-        Some(Value::Object(m)) => {
-            let mut env = BTreeMap::new();
-            for (k, v) in m {
-                match v {
-                    Value::String(s) => {
-                        env.insert(k.clone(), s.clone());
-                    }
-                    _ => {
-                        return Err(Error::invalid(
-                            "env",
-                            vec![format!("the value of {k:?} must be a string")],
-                        ))
-                    }
-                }
-            }
-            env
-        }
-        Some(_) => {
-            return Err(Error::invalid(
-                "env",
-                vec!["env must be an object of strings".into()],
-            ))
-        }
-    };
-    Ok(Mutation::ConnectionAdd { service, name, env })
-}
-
-pub fn settings(fields: &Map<String, Value>) -> Result<Mutation> {
-    let mode = forms::text(fields, "image_verification_mode")?;
-    let mode = match mode {
-        "off" => VerificationMode::Off,
-        "warn" => VerificationMode::Warn,
-        "enforce" => VerificationMode::Enforce,
-        other => {
-            return Err(Error::invalid(
-                "image_verification_mode",
-                vec![format!(
-                    "{:?} is not one of off, warn, enforce",
-                    crate::ids::truncate(other, 32)
-                )],
-            ))
-        }
-    };
-    Ok(Mutation::Settings(mode))
 }

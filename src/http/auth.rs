@@ -1,8 +1,13 @@
-//! Who may ask: the Host allow-list, the API token, admin-page sessions
-//! with their CSRF tokens, and the per-address throttle on wrong tokens.
-//! Everything is in memory; a restart logs everyone out.
+//! Who may ask: the Host allow-list, the API token (Bearer, checked for
+//! every `/api/*` request), admin-page login, sessions with their CSRF
+//! tokens and the form checks, and the per-address throttle on wrong
+//! tokens. Everything is in memory; a restart logs everyone out.
 
+use super::msg::{Req, Resp};
+use super::page::{login_form, refused};
+use super::App;
 use crate::token::{constant_time_eq, random_hex};
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -200,6 +205,158 @@ impl Throttle {
 fn lockout(count: u32) -> Duration {
     let steps = count.saturating_sub(FREE_FAILURES).min(10);
     (Duration::from_millis(250) * 2u32.pow(steps)).min(MAX_LOCKOUT)
+}
+
+// --- requests: the API token, the admin page's login, forms ------------------
+
+/// Outcome of presenting the API token.
+pub enum TokenCheck {
+    Right,
+    Wrong,
+    /// The address sent too many wrong ones; retry after this many seconds.
+    Throttled(u64),
+}
+
+/// Checks a presented token against the API token under the per-address
+/// throttle, logging every wrong one.
+pub fn check_token(app: &App, req: &Req, given: &str) -> TokenCheck {
+    let ip = req.client();
+    if let Some(wait) = app.throttle.wait(ip) {
+        log::warn!("token attempt from {ip} on {} refused: throttled", req.path);
+        return TokenCheck::Throttled(wait.as_secs() + 1);
+    }
+    if token_matches(given, &app.token) {
+        app.throttle.succeeded(ip);
+        return TokenCheck::Right;
+    }
+    let n = app.throttle.failed(ip);
+    log::warn!("wrong API token from {ip} on {} ({n} lately)", req.path);
+    TokenCheck::Wrong
+}
+
+/// `Authorization: Bearer <token>` for every `/api/*` path.
+pub fn api_auth(app: &App, req: &Req) -> Result<(), Resp> {
+    let Some(given) = bearer(req.header("Authorization")) else {
+        return Err(
+            Resp::error(401, "authorization required: Bearer <token>", vec![])
+                .with("WWW-Authenticate", "Bearer"),
+        );
+    };
+    match check_token(app, req, given) {
+        TokenCheck::Right => Ok(()),
+        TokenCheck::Wrong => Err(Resp::error(401, "wrong token", vec![])
+            .with("WWW-Authenticate", "Bearer error=\"invalid_token\"")),
+        TokenCheck::Throttled(secs) => Err(Resp::error(
+            429,
+            "too many wrong tokens from this address; wait and retry",
+            vec![],
+        )
+        .with("Retry-After", &secs.to_string())),
+    }
+}
+
+/// The session a request's cookie names, with its CSRF token.
+pub fn session(app: &App, req: &Req) -> Option<(String, String)> {
+    let id = cookie(req.header("Cookie"), COOKIE)?;
+    let csrf = app.sessions.csrf(id)?;
+    Some((id.to_string(), csrf))
+}
+
+/// `GET /login`: `?token=` logs in; otherwise the form.
+pub fn login_get(app: &App, req: &Req, _: &[&str]) -> Resp {
+    match req.query_param("token") {
+        Some(token) => log_in(app, req, &token),
+        None if session(app, req).is_some() => Resp::see_other("/"),
+        None => login_form(200, ""),
+    }
+}
+
+/// `POST /login`: the form's token.
+pub fn login_post(app: &App, req: &Req, _: &[&str]) -> Resp {
+    if !same_origin(app, req) {
+        return refused(403, "cross-site login refused", &[]);
+    }
+    match req.fields() {
+        Ok(f) => match f.get("token").and_then(Value::as_str) {
+            Some(t) => log_in(app, req, t),
+            None => login_form(400, "Enter the token."),
+        },
+        Err(e) => login_form(400, &e.to_string()),
+    }
+}
+
+fn log_in(app: &App, req: &Req, token: &str) -> Resp {
+    match check_token(app, req, token) {
+        TokenCheck::Right => match app.sessions.create() {
+            Ok((id, _)) => {
+                log::info!("admin page login from {}", req.client());
+                Resp::see_other("/").with(
+                    "Set-Cookie",
+                    &format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/"),
+                )
+            }
+            Err(e) => refused(500, &e.to_string(), &[]),
+        },
+        TokenCheck::Wrong => login_form(401, "That is not the token."),
+        TokenCheck::Throttled(secs) => login_form(
+            429,
+            &format!("Too many wrong tokens from this address; try again in {secs} s."),
+        )
+        .with("Retry-After", &secs.to_string()),
+    }
+}
+
+/// `POST /logout` (with the session's CSRF token).
+pub fn logout(app: &App, req: &Req, _: &[&str]) -> Resp {
+    let Some((id, csrf)) = session(app, req) else {
+        return Resp::see_other("/login");
+    };
+    if let Err(r) = check_form(app, req, &csrf) {
+        return r;
+    }
+    app.sessions.remove(&id);
+    Resp::see_other("/login").with(
+        "Set-Cookie",
+        &format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    )
+}
+
+/// The session's CSRF token must be in the form, and an `Origin`, when the
+/// browser sends one, must be this server.
+pub fn check_form(
+    app: &App,
+    req: &Req,
+    csrf: &str,
+) -> std::result::Result<Map<String, Value>, Resp> {
+    if !same_origin(app, req) {
+        log::warn!("refused a cross-site form post to {}", req.path);
+        return Err(refused(403, "cross-site form post refused", &[]));
+    }
+    let fields = req
+        .fields()
+        .map_err(|e| refused(400, &e.to_string(), &e.details()))?;
+    if !csrf_ok(fields.get("csrf").and_then(Value::as_str), csrf) {
+        log::warn!(
+            "refused a form post without a valid CSRF token to {}",
+            req.path
+        );
+        return Err(refused(
+            403,
+            "the form's security token is missing or stale; reload the page",
+            &[],
+        ));
+    }
+    Ok(fields)
+}
+
+fn same_origin(app: &App, req: &Req) -> bool {
+    match req.header("Origin") {
+        None => true,
+        Some(o) => o
+            .strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"))
+            .is_some_and(|host| host_allowed(host, &app.allowed_hosts)),
+    }
 }
 
 #[cfg(test)]

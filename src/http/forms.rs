@@ -1,9 +1,13 @@
 //! Request bodies and query strings: a hand-written
-//! `application/x-www-form-urlencoded` decoder, and the one shape both JSON
-//! and form bodies are turned into before a handler reads them. No I/O.
+//! `application/x-www-form-urlencoded` decoder, the one shape both JSON
+//! and form bodies are turned into before a handler reads them, and the
+//! fields of that shape parsed into commands. No I/O.
 
 use crate::error::{Error, Result};
+use crate::ids::ServiceId;
+use crate::ops::Command;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 /// Decodes `a=1&b=x+y%21` into pairs, in order. `+` is a space; a bad
 /// `%` escape or bytes that are not UTF-8 are an error, not a guess.
@@ -147,6 +151,54 @@ pub fn env_lines(text: &str) -> Result<Vec<(String, String)>> {
     } else {
         Err(Error::invalid("env", errors))
     }
+}
+
+// --- fields into commands (shared by the API and the forms) ---------------
+
+/// A required field holding a service or connection id.
+pub fn id_field(fields: &Map<String, Value>, name: &str) -> Result<ServiceId> {
+    ServiceId::parse(text(fields, name)?)
+}
+
+/// `{"service", "name", "env"}`; `env` an object of strings, or (from a
+/// form) `KEY=VALUE` lines.
+pub fn connection_add(fields: &Map<String, Value>) -> Result<Command> {
+    let service = id_field(fields, "service")?;
+    let name = id_field(fields, "name")?;
+    let env = match fields.get("env") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::String(lines)) => env_lines(lines)?.into_iter().collect(),
+        Some(Value::Object(m)) => {
+            let mut env = BTreeMap::new();
+            for (k, v) in m {
+                match v {
+                    Value::String(s) => {
+                        env.insert(k.clone(), s.clone());
+                    }
+                    _ => {
+                        return Err(Error::invalid(
+                            "env",
+                            vec![format!("the value of {k:?} must be a string")],
+                        ))
+                    }
+                }
+            }
+            env
+        }
+        Some(_) => {
+            return Err(Error::invalid(
+                "env",
+                vec!["env must be an object of strings".into()],
+            ))
+        }
+    };
+    Ok(Command::ConnectionAdd { service, name, env })
+}
+
+/// `{"image_verification_mode": "off" | "warn" | "enforce"}`.
+pub fn settings(fields: &Map<String, Value>) -> Result<Command> {
+    let mode = text(fields, "image_verification_mode")?;
+    Ok(Command::Settings(crate::ops::parse_mode(mode)?))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Jobs: every mutation (API or form) is queued to the one mutation thread,
+//! Jobs: every [`Command`] (API or form) is queued to the one mutation thread,
 //! which runs the same operations as the CLI under the state lock, one at
 //! a time. A job keeps its progress lines and its result in memory, so the
 //! job page and `GET /api/jobs/<id>` can follow it; reads never wait for it.
@@ -6,13 +6,10 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::host::RealHost;
-use crate::ids::ServiceId;
-use crate::manifest::VerificationMode;
-use crate::ops::{self, Ctx};
+use crate::ops::{Command, Ctx};
 use crate::store::StoreClient;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -24,147 +21,6 @@ pub const OP_LOCK_WAIT: Duration = Duration::from_secs(10 * 60);
 const MAX_LINES: usize = 500;
 /// Jobs kept; the oldest finished ones are forgotten first.
 const MAX_JOBS: usize = 500;
-
-/// A change to the system, checked and ready to run.
-#[derive(Debug, Clone)]
-pub enum Mutation {
-    Install(ServiceId),
-    Update(ServiceId),
-    Remove {
-        id: ServiceId,
-        purge: bool,
-    },
-    ConnectionAdd {
-        service: ServiceId,
-        name: ServiceId,
-        env: BTreeMap<String, String>,
-    },
-    ConnectionRemove(ServiceId),
-    PeerRoute {
-        peer: Ipv4Addr,
-        connection: ServiceId,
-    },
-    PeerUnroute(Ipv4Addr),
-    EgressSet {
-        service: ServiceId,
-        connection: ServiceId,
-    },
-    EgressClear(ServiceId),
-    Settings(VerificationMode),
-    Reapply,
-    /// At start: make firewall, routes and Caddy match the state (a
-    /// process killed between applying and committing leaves them apart).
-    Reconcile,
-}
-
-impl Mutation {
-    /// What the job page calls it.
-    pub fn title(&self) -> String {
-        match self {
-            Mutation::Install(id) => format!("install {id}"),
-            Mutation::Update(id) => format!("update {id}"),
-            Mutation::Remove { id, purge: true } => format!("remove {id} and its data"),
-            Mutation::Remove { id, .. } => format!("remove {id}"),
-            Mutation::ConnectionAdd { service, name, .. } => {
-                format!("create connection {name} ({service})")
-            }
-            Mutation::ConnectionRemove(id) => format!("delete connection {id}"),
-            Mutation::PeerRoute { peer, connection } => format!("route {peer} via {connection}"),
-            Mutation::PeerUnroute(peer) => format!("unroute {peer}"),
-            Mutation::EgressSet {
-                service,
-                connection,
-            } => format!("send {service} out via {connection}"),
-            Mutation::EgressClear(id) => format!("clear egress of {id}"),
-            Mutation::Settings(m) => format!("set image verification to {}", mode_name(*m)),
-            Mutation::Reapply => "reapply".to_string(),
-            Mutation::Reconcile => "check the network against the state".to_string(),
-        }
-    }
-
-    /// Runs the operation; its outcome as a JSON object.
-    fn run(&self, ctx: &mut Ctx) -> Result<Value> {
-        let w = OP_LOCK_WAIT;
-        let v = match self {
-            Mutation::Install(id) => {
-                listed_or_installed(ctx, id)?;
-                to_json(ops::install(ctx, id, w)?)
-            }
-            Mutation::Update(id) => to_json(ops::update(ctx, id, w)?),
-            Mutation::Remove { id, purge } => to_json(ops::remove(ctx, id, *purge, w)?),
-            Mutation::ConnectionAdd { service, name, env } => {
-                to_json(ops::connection_add(ctx, service, name, env.clone(), w)?)
-            }
-            Mutation::ConnectionRemove(id) => {
-                ops::connection_remove(ctx, id, w)?;
-                json!({"id": id, "removed": true})
-            }
-            Mutation::PeerRoute { peer, connection } => {
-                ops::peer_route(ctx, *peer, connection, w)?;
-                json!({"peer": peer, "connection": connection})
-            }
-            Mutation::PeerUnroute(peer) => {
-                let had = ops::peer_unroute(ctx, *peer, w)?;
-                json!({"peer": peer, "had_route": had})
-            }
-            Mutation::EgressSet {
-                service,
-                connection,
-            } => {
-                ops::egress_set(ctx, service, connection, w)?;
-                json!({"service": service, "connection": connection})
-            }
-            Mutation::EgressClear(id) => {
-                ops::egress_clear(ctx, id, w)?;
-                json!({"service": id, "connection": null})
-            }
-            Mutation::Settings(mode) => {
-                ops::set_verification_mode(ctx, *mode, w)?;
-                json!({"image_verification_mode": mode})
-            }
-            Mutation::Reapply => to_json(ops::reapply(ctx, w)?),
-            Mutation::Reconcile => {
-                let session = ops::Session::open(ctx, w)?;
-                // An empty state has nothing to put back, and a cell
-                // with nothing installed needs no chains yet.
-                let empty =
-                    session.state.services.is_empty() && session.state.connections.is_empty();
-                if !empty {
-                    session.reconcile_network(ctx)?;
-                }
-                json!({"reconciled": !empty})
-            }
-        };
-        Ok(v)
-    }
-}
-
-/// An id the store does not list (and that is not installed) is a 404,
-/// not a failed fetch of its manifest.
-fn listed_or_installed(ctx: &Ctx, id: &ServiceId) -> Result<()> {
-    let installed = crate::state::StateStore::new(&ctx.config.state_dir)
-        .read()
-        .map(|s| s.services.contains_key(id.as_str()))
-        .unwrap_or(false);
-    match ctx.store.index() {
-        Ok(index) if !installed && !index.services.iter().any(|e| &e.id == id) => {
-            Err(Error::NotFound(format!("the store lists no service {id}")))
-        }
-        _ => Ok(()),
-    }
-}
-
-pub fn mode_name(m: VerificationMode) -> &'static str {
-    match m {
-        VerificationMode::Off => "off",
-        VerificationMode::Warn => "warn",
-        VerificationMode::Enforce => "enforce",
-    }
-}
-
-fn to_json(v: impl serde::Serialize) -> Value {
-    serde_json::to_value(v).unwrap_or_else(|e| json!({"note": format!("unprintable: {e}")}))
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -284,7 +140,7 @@ impl Job {
 /// The job table and the queue to the mutation thread.
 pub struct Jobs {
     table: Mutex<VecDeque<Arc<Job>>>,
-    queue: Mutex<Sender<(Arc<Job>, Mutation)>>,
+    queue: Mutex<Sender<(Arc<Job>, Command)>>,
 }
 
 impl Jobs {
@@ -302,7 +158,7 @@ impl Jobs {
     }
 
     /// Queues `m` as a new job.
-    pub fn submit(&self, m: Mutation) -> Result<Arc<Job>> {
+    pub fn submit(&self, m: Command) -> Result<Arc<Job>> {
         let job = Arc::new(Job {
             id: crate::token::random_hex(12)?,
             title: m.title(),
@@ -375,7 +231,7 @@ pub fn failure(e: &Error) -> Outcome {
 
 /// The mutation thread: one job at a time, in order. A panicking
 /// operation fails its job and the thread carries on.
-fn run_queue(config: &Config, store: &StoreClient, rx: Receiver<(Arc<Job>, Mutation)>) {
+fn run_queue(config: &Config, store: &StoreClient, rx: Receiver<(Arc<Job>, Command)>) {
     for (job, m) in rx {
         job.set_phase(Phase::Running);
         log::info!("job {}: {}", job.id, job.title);
@@ -387,7 +243,7 @@ fn run_queue(config: &Config, store: &StoreClient, rx: Receiver<(Arc<Job>, Mutat
                 store,
                 progress: &mut progress,
             };
-            m.run(&mut ctx)
+            m.run(&mut ctx, OP_LOCK_WAIT).map(|o| o.to_json())
         }));
         let outcome = match result {
             Ok(Ok(v)) => Outcome::Ok(v),

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod forms;
 pub mod front;
 pub mod jobs;
+pub mod msg;
 pub mod page;
 pub mod router;
 
@@ -27,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::host::RealHost;
 use crate::ops::{Ctx, Session};
 use crate::store::StoreClient;
-use router::{Req, Resp};
+use msg::{Req, Resp};
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -68,7 +69,7 @@ pub fn serve(config: &Config) -> Result<i32> {
     let config = Arc::new(config.clone());
     let jobs = jobs::Jobs::start(config.clone(), store.clone())?;
     // First in the queue, but not in the way of the first answer.
-    jobs.submit(jobs::Mutation::Reconcile)?;
+    jobs.submit(crate::ops::Command::Reconcile)?;
     let app = Arc::new(App {
         allowed_hosts: allowed_hosts(&config),
         config: config.clone(),

@@ -4,17 +4,20 @@
 //! token; a post becomes a job and answers 303 to the job's page, which
 //! refreshes itself until the job ends.
 
-use super::api::{self, read_state};
-use super::auth::{self, COOKIE};
-use super::jobs::{mode_name, Job, Mutation, Outcome, Phase};
-use super::router::{check_token, session, Req, Resp, TokenCheck};
+use super::api::read_state;
+use super::auth::{check_form, session};
+use super::jobs::{Job, Outcome, Phase};
+use super::msg::{Req, Resp};
 use super::App;
-use crate::error::{Error, Result};
-use crate::ids::ServiceId;
+use crate::error::Result;
 use crate::manifest::VerificationMode;
+use crate::ops::{mode_name, Command};
 use crate::state::State;
 use crate::store::Index;
 use serde_json::{Map, Value};
+
+/// The body's fields, as JSON or a form.
+type Fields = Map<String, Value>;
 use std::fmt::Write as _;
 
 const STYLE: &str = include_str!("style.css");
@@ -35,86 +38,33 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// Answers a page path whose method fits it.
-pub fn handle(app: &App, req: &Req, segs: &[&str]) -> Resp {
-    match (req.method.as_str(), segs) {
-        ("GET", ["healthz"]) => Resp::text(200, "ok"),
-        ("GET", ["style.css"]) => Resp::new(200, "text/css; charset=utf-8", STYLE),
-        ("GET", ["login"]) => login_get(app, req),
-        ("POST", ["login"]) => login_post(app, req),
-        ("POST", ["logout"]) => logout(app, req),
-        ("GET", [""]) => match session(app, req) {
-            Some((_, csrf)) => home(app, &csrf),
-            None => Resp::see_other("/login"),
-        },
-        ("GET", ["jobs", id]) => match session(app, req) {
-            Some(_) => job_page(app, id),
-            None => Resp::see_other("/login"),
-        },
-        ("POST", ["ui", rest @ ..]) => ui_post(app, req, rest),
-        _ => Resp::text(404, "not found"),
+/// `GET /healthz`.
+pub fn healthz(_: &App, _: &Req, _: &[&str]) -> Resp {
+    Resp::text(200, "ok")
+}
+
+/// `GET /style.css`.
+pub fn style(_: &App, _: &Req, _: &[&str]) -> Resp {
+    Resp::new(200, "text/css; charset=utf-8", STYLE)
+}
+
+/// `GET /`: the admin page, or the way to the login.
+pub fn home(app: &App, req: &Req, _: &[&str]) -> Resp {
+    match session(app, req) {
+        Some((_, csrf)) => home_page(app, &csrf),
+        None => Resp::see_other("/login"),
     }
 }
 
-// --- login ------------------------------------------------------------------
-
-fn login_get(app: &App, req: &Req) -> Resp {
-    match req.query_param("token") {
-        Some(token) => log_in(app, req, &token),
-        None if session(app, req).is_some() => Resp::see_other("/"),
-        None => login_form(200, ""),
+/// `GET /jobs/<id>`.
+pub fn job(app: &App, req: &Req, args: &[&str]) -> Resp {
+    match session(app, req) {
+        Some(_) => job_page(app, args.first().copied().unwrap_or("")),
+        None => Resp::see_other("/login"),
     }
 }
 
-fn login_post(app: &App, req: &Req) -> Resp {
-    if !same_origin(app, req) {
-        return refused(403, "cross-site login refused", &[]);
-    }
-    match req.fields() {
-        Ok(f) => match f.get("token").and_then(Value::as_str) {
-            Some(t) => log_in(app, req, t),
-            None => login_form(400, "Enter the token."),
-        },
-        Err(e) => login_form(400, &e.to_string()),
-    }
-}
-
-fn log_in(app: &App, req: &Req, token: &str) -> Resp {
-    match check_token(app, req, token) {
-        TokenCheck::Right => match app.sessions.create() {
-            Ok((id, _)) => {
-                log::info!("admin page login from {}", req.client());
-                Resp::see_other("/").with(
-                    "Set-Cookie",
-                    &format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/"),
-                )
-            }
-            Err(e) => refused(500, &e.to_string(), &[]),
-        },
-        TokenCheck::Wrong => login_form(401, "That is not the token."),
-        TokenCheck::Throttled(secs) => login_form(
-            429,
-            &format!("Too many wrong tokens from this address; try again in {secs} s."),
-        )
-        .with("Retry-After", &secs.to_string()),
-    }
-}
-
-fn logout(app: &App, req: &Req) -> Resp {
-    let Some((id, csrf)) = session(app, req) else {
-        return Resp::see_other("/login");
-    };
-    if let Err(r) = check_form(app, req, &csrf) {
-        return r;
-    }
-    app.sessions.remove(&id);
-    Resp::see_other("/login").with(
-        "Set-Cookie",
-        &format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-    )
-}
-
-fn login_form(status: u16, message: &str) -> Resp {
+pub(super) fn login_form(status: u16, message: &str) -> Resp {
     let mut b = String::new();
     if !message.is_empty() {
         let _ = write!(b, r#"<p class="banner bad">{}</p>"#, esc(message));
@@ -132,41 +82,10 @@ fn login_form(status: u16, message: &str) -> Resp {
 
 // --- forms --------------------------------------------------------------------
 
-/// The session's CSRF token must be in the form, and an `Origin`, when the
-/// browser sends one, must be this server.
-fn check_form(app: &App, req: &Req, csrf: &str) -> std::result::Result<Map<String, Value>, Resp> {
-    if !same_origin(app, req) {
-        log::warn!("refused a cross-site form post to {}", req.path);
-        return Err(refused(403, "cross-site form post refused", &[]));
-    }
-    let fields = req
-        .fields()
-        .map_err(|e| refused(400, &e.to_string(), &e.details()))?;
-    if !auth::csrf_ok(fields.get("csrf").and_then(Value::as_str), csrf) {
-        log::warn!(
-            "refused a form post without a valid CSRF token to {}",
-            req.path
-        );
-        return Err(refused(
-            403,
-            "the form's security token is missing or stale; reload the page",
-            &[],
-        ));
-    }
-    Ok(fields)
-}
-
-fn same_origin(app: &App, req: &Req) -> bool {
-    match req.header("Origin") {
-        None => true,
-        Some(o) => o
-            .strip_prefix("http://")
-            .or_else(|| o.strip_prefix("https://"))
-            .is_some_and(|host| auth::host_allowed(host, &app.allowed_hosts)),
-    }
-}
-
-fn ui_post(app: &App, req: &Req, rest: &[&str]) -> Resp {
+/// A form post: needs the session and its CSRF token; the command `parse`
+/// makes of the fields is queued as a job, and the answer is 303 to the
+/// job's page.
+pub fn submit(app: &App, req: &Req, parse: impl FnOnce(&Fields) -> Result<Command>) -> Resp {
     let Some((_, csrf)) = session(app, req) else {
         return refused(403, "log in first", &[]);
     };
@@ -174,37 +93,17 @@ fn ui_post(app: &App, req: &Req, rest: &[&str]) -> Resp {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let m = match ui_mutation(rest, &fields) {
-        Ok(m) => m,
+    let command = match parse(&fields) {
+        Ok(c) => c,
         Err(e) => return refused(e.http_status(), &e.to_string(), &e.details()),
     };
-    match app.jobs.submit(m) {
+    match app.jobs.submit(command) {
         Ok(job) => Resp::see_other(&format!("/jobs/{}", job.id)),
         Err(e) => refused(500, &e.to_string(), &[]),
     }
 }
 
-fn ui_mutation(rest: &[&str], f: &Map<String, Value>) -> Result<Mutation> {
-    Ok(match rest {
-        ["services", id, "install"] => Mutation::Install(ServiceId::parse(id)?),
-        ["services", id, "update"] => Mutation::Update(ServiceId::parse(id)?),
-        ["services", id, "remove"] => Mutation::Remove {
-            id: ServiceId::parse(id)?,
-            purge: super::forms::flag(f, "purge"),
-        },
-        ["connections"] => api::connection_add(f)?,
-        ["connections", id, "delete"] => Mutation::ConnectionRemove(ServiceId::parse(id)?),
-        ["peers"] => api::peer_route(super::forms::text(f, "peer")?, f)?,
-        ["peers", ip, "unroute"] => Mutation::PeerUnroute(api::peer_ip(ip)?),
-        ["egress"] => api::egress_set(super::forms::text(f, "service")?, f)?,
-        ["egress", id, "clear"] => Mutation::EgressClear(ServiceId::parse(id)?),
-        ["settings"] => api::settings(f)?,
-        ["reapply"] => Mutation::Reapply,
-        _ => return Err(Error::NotFound("no such form".into())),
-    })
-}
-
-fn refused(status: u16, message: &str, errors: &[String]) -> Resp {
+pub(super) fn refused(status: u16, message: &str, errors: &[String]) -> Resp {
     let mut b = format!(
         r#"<section class="card"><h2>Refused</h2><p class="banner bad">{}</p>"#,
         esc(message)
@@ -272,7 +171,7 @@ fn button(action: &str, csrf: &str, label: &str, class: &str) -> String {
 
 // --- the main page ------------------------------------------------------------
 
-fn home(app: &App, csrf: &str) -> Resp {
+fn home_page(app: &App, csrf: &str) -> Resp {
     let state = match read_state(app) {
         Ok(s) => s,
         Err(e) => return refused(500, &e.to_string(), &[]),

@@ -1,136 +1,136 @@
-//! One request in, one answer out: the request and response types, the
-//! Host check, the path table (404, and 405 with `Allow`), and who may
-//! call what (Bearer token for `/api/*`, a session and its CSRF token for
-//! the admin page). Handlers live in `api.rs` and `page.rs`.
+//! One request in, one answer out: the Host and repeated-header checks,
+//! and the one route table — method, path pattern and handler together —
+//! which also gives 404, and 405 with `Allow`. `/api/*` needs the Bearer
+//! token (checked here, by [`auth`]); page routes check their session
+//! themselves. Changes are parsed into an [`ops::Command`] right in the
+//! table and run as jobs ([`api::run_and_wait`], [`page::submit`]).
 
-use super::auth::{self, COOKIE};
-use super::forms;
-use super::App;
-use crate::error::Error;
-use serde_json::{json, Map, Value};
-use std::net::IpAddr;
+use super::msg::Req;
+/// Re-exported for `front.rs`, which names it here (being changed
+/// elsewhere; it can import `msg` directly once that lands).
+pub use super::msg::Resp;
+use super::{api, auth, forms, page, App};
+use crate::error::Result;
+use crate::ids::ServiceId;
+use crate::ops::{self, Command, Peer};
+use serde_json::{Map, Value};
 
-/// A request as the handlers see it: the body is already read (bounded).
-#[derive(Debug, Clone)]
-pub struct Req {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    pub remote: Option<IpAddr>,
+/// The body's fields, as JSON or a form.
+type Fields = Map<String, Value>;
+
+/// What answers a route. `args` are the path segments the pattern's `*`
+/// matched, in order.
+#[derive(Clone, Copy)]
+enum Handler {
+    /// A page route; checks its session itself where it needs one.
+    Page(fn(&App, &Req, &[&str]) -> Resp),
+    /// An API read.
+    Read(fn(&App, &[&str]) -> Result<Resp>),
+    /// An API change: the command it asks for, run as a job and waited for.
+    Api(fn(&Req, &[&str], &Fields) -> Result<Command>),
+    /// An admin-page form: the command it asks for, run as a job after the
+    /// session and CSRF checks; the answer is 303 to the job's page.
+    Form(fn(&[&str], &Fields) -> Result<Command>),
 }
 
-impl Req {
-    /// The first header of that name.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
+struct Route {
+    method: &'static str,
+    /// `/`-separated segments; `*` matches any one segment.
+    path: &'static str,
+    handler: Handler,
+}
 
-    fn header_count(&self, name: &str) -> usize {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .count()
-    }
-
-    /// The body (JSON or form) as an object; other media types are refused.
-    pub fn fields(&self) -> crate::error::Result<Map<String, Value>> {
-        forms::body_object(forms::body_kind(self.header("Content-Type")), &self.body)
-    }
-
-    /// A query parameter (decoded), if present and well formed.
-    pub fn query_param(&self, name: &str) -> Option<String> {
-        forms::parse_urlencoded(&self.query)
-            .ok()?
-            .into_iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
-    }
-
-    /// The address throttling is keyed on (unknown: the unspecified one).
-    pub fn client(&self) -> IpAddr {
-        self.remote
-            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+const fn route(method: &'static str, path: &'static str, handler: Handler) -> Route {
+    Route {
+        method,
+        path,
+        handler,
     }
 }
 
-/// An answer.
-#[derive(Debug, Clone)]
-pub struct Resp {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
+use Handler::{Api, Form, Page, Read};
 
-/// Sent with every answer; the admin page needs no script, no frame and
-/// no other origin. `same-origin`, not `no-referrer`: under `no-referrer`
-/// browsers send `Origin: null` with the page's own form posts, which the
-/// cross-site check must refuse.
-const SECURITY_HEADERS: [(&str, &str); 5] = [
-    (
-        "Content-Security-Policy",
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-         frame-ancestors 'none'; base-uri 'none'",
-    ),
-    ("X-Frame-Options", "DENY"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "same-origin"),
-    ("Cache-Control", "no-store"),
+/// Every path the server answers (spec §12).
+#[rustfmt::skip]
+static ROUTES: &[Route] = &[
+    // The admin page.
+    route("GET", "/", Page(page::home)),
+    route("GET", "/healthz", Page(page::healthz)),
+    route("GET", "/style.css", Page(page::style)),
+    route("GET", "/jobs/*", Page(page::job)),
+    route("GET", "/login", Page(auth::login_get)),
+    route("POST", "/login", Page(auth::login_post)),
+    route("POST", "/logout", Page(auth::logout)),
+    route("POST", "/ui/services/*/install", Form(|a, _| Ok(Command::Install(id(a)?)))),
+    route("POST", "/ui/services/*/update", Form(|a, _| Ok(Command::Update(id(a)?)))),
+    route("POST", "/ui/services/*/remove", Form(|a, f| remove(a, forms::flag(f, "purge")))),
+    route("POST", "/ui/connections", Form(|_, f| forms::connection_add(f))),
+    route("POST", "/ui/connections/*/delete", Form(|a, _| Ok(Command::ConnectionRemove(id(a)?)))),
+    route("POST", "/ui/peers", Form(|_, f| peer_route(forms::text(f, "peer")?, f))),
+    route("POST", "/ui/peers/*/unroute", Form(|a, _| Ok(Command::PeerUnroute(peer(a)?)))),
+    route("POST", "/ui/egress", Form(|_, f| egress_set(forms::text(f, "service")?, f))),
+    route("POST", "/ui/egress/*/clear", Form(|a, _| Ok(Command::EgressClear(id(a)?)))),
+    route("POST", "/ui/settings", Form(|_, f| forms::settings(f))),
+    route("POST", "/ui/reapply", Form(|_, _| Ok(Command::Reapply))),
+    // The JSON API.
+    route("GET", "/api/status", Read(api::status)),
+    route("GET", "/api/services", Read(api::services)),
+    route("GET", "/api/services/*", Read(api::service)),
+    route("GET", "/api/jobs/*", Read(api::job)),
+    route("GET", "/api/connections", Read(api::connections)),
+    route("GET", "/api/connections/*", Read(api::connection)),
+    route("GET", "/api/peers", Read(api::peers)),
+    route("GET", "/api/settings", Read(api::settings)),
+    route("POST", "/api/services/*/install", Api(|_, a, _| Ok(Command::Install(id(a)?)))),
+    route("POST", "/api/services/*/update", Api(|_, a, _| Ok(Command::Update(id(a)?)))),
+    route("POST", "/api/services/*/remove", Api(|r, a, f| remove(a, api_purge(r, f)))),
+    route("PUT", "/api/services/*/egress", Api(|_, a, f| egress_set(a[0], f))),
+    route("DELETE", "/api/services/*/egress", Api(|_, a, _| Ok(Command::EgressClear(id(a)?)))),
+    route("POST", "/api/connections", Api(|_, _, f| forms::connection_add(f))),
+    route("DELETE", "/api/connections/*", Api(|_, a, _| Ok(Command::ConnectionRemove(id(a)?)))),
+    route("PUT", "/api/peers/*/route", Api(|_, a, f| peer_route(a[0], f))),
+    route("DELETE", "/api/peers/*/route", Api(|_, a, _| Ok(Command::PeerUnroute(peer(a)?)))),
+    route("PUT", "/api/settings", Api(|_, _, f| forms::settings(f))),
+    route("POST", "/api/reapply", Api(|_, _, _| Ok(Command::Reapply))),
 ];
 
-impl Resp {
-    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Resp {
-        let mut headers: Vec<(String, String)> = SECURITY_HEADERS
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        headers.push(("Content-Type".into(), content_type.into()));
-        Resp {
-            status,
-            headers,
-            body: body.into(),
-        }
-    }
+/// The id in a path's first `*`.
+fn id(args: &[&str]) -> Result<ServiceId> {
+    ServiceId::parse(args.first().copied().unwrap_or(""))
+}
 
-    pub fn json(status: u16, v: &Value) -> Resp {
-        let mut body = serde_json::to_vec_pretty(v).unwrap_or_else(|_| b"{}".to_vec());
-        body.push(b'\n');
-        Resp::new(status, "application/json", body)
-    }
+/// The peer address in a path's first `*`.
+fn peer(args: &[&str]) -> Result<Peer> {
+    Peer::parse(args.first().copied().unwrap_or(""))
+}
 
-    pub fn html(status: u16, body: String) -> Resp {
-        Resp::new(status, "text/html; charset=utf-8", body)
-    }
+fn remove(args: &[&str], purge: bool) -> Result<Command> {
+    Ok(Command::Remove {
+        id: id(args)?,
+        purge: ops::Purge::from_flag(purge),
+    })
+}
 
-    pub fn text(status: u16, body: &str) -> Resp {
-        Resp::new(status, "text/plain; charset=utf-8", format!("{body}\n"))
-    }
+/// The API takes `purge` in the body or the query.
+fn api_purge(req: &Req, fields: &Fields) -> bool {
+    forms::flag(fields, "purge")
+        || req
+            .query_param("purge")
+            .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "on" | "yes"))
+}
 
-    /// The JSON error shape of spec §12.
-    pub fn error(status: u16, message: &str, errors: Vec<String>) -> Resp {
-        Resp::json(
-            status,
-            &json!({"ok": false, "error": message, "errors": errors}),
-        )
-    }
+fn peer_route(peer: &str, fields: &Fields) -> Result<Command> {
+    Ok(Command::PeerRoute {
+        peer: Peer::parse(peer)?,
+        connection: forms::id_field(fields, "connection")?,
+    })
+}
 
-    pub fn from_error(e: &Error) -> Resp {
-        Resp::error(e.http_status(), &e.to_string(), e.details())
-    }
-
-    /// 303 See Other: where a form post goes next.
-    pub fn see_other(location: &str) -> Resp {
-        Resp::text(303, &format!("see {location}")).with("Location", location)
-    }
-
-    pub fn with(mut self, name: &str, value: &str) -> Resp {
-        self.headers.push((name.to_string(), value.to_string()));
-        self
-    }
+fn egress_set(service: &str, fields: &Fields) -> Result<Command> {
+    Ok(Command::EgressSet {
+        service: ServiceId::parse(service)?,
+        connection: forms::id_field(fields, "connection")?,
+    })
 }
 
 /// Which side of the server a path belongs to: it decides the error
@@ -150,25 +150,58 @@ pub fn handle(app: &App, req: &Req) -> Resp {
     if let Some(r) = check_repeats(req) {
         return r;
     }
-    let segs: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    let segs = segments(&req.path);
     let side = if segs.first() == Some(&"api") {
         Side::Api
     } else {
         Side::Page
     };
-    let Some(allowed) = methods(&segs) else {
+    let matching: Vec<(&Route, Vec<&str>)> = ROUTES
+        .iter()
+        .filter_map(|r| Some((r, matches(r.path, &segs)?)))
+        .collect();
+    if matching.is_empty() {
         return not_found(side);
+    }
+    let Some((found, args)) = matching.iter().find(|(r, _)| r.method == req.method) else {
+        let allowed: Vec<&str> = matching.iter().map(|(r, _)| r.method).collect();
+        return method_not_allowed(side, &allowed);
     };
-    if !allowed.contains(&req.method.as_str()) {
-        return method_not_allowed(side, allowed);
+    if side == Side::Api {
+        if let Err(r) = auth::api_auth(app, req) {
+            return r;
+        }
     }
-    match side {
-        Side::Api => match api_auth(app, req) {
-            Ok(()) => super::api::handle(app, req, &segs),
-            Err(r) => r,
+    match found.handler {
+        Page(answer) => answer(app, req, args),
+        Read(read) => read(app, args).unwrap_or_else(|e| Resp::from_error(&e)),
+        Api(parse) => match req.fields().and_then(|f| parse(req, args, &f)) {
+            Ok(command) => api::run_and_wait(app, command),
+            Err(e) => Resp::from_error(&e),
         },
-        Side::Page => super::page::handle(app, req, &segs),
+        Form(parse) => page::submit(app, req, |f| parse(args, f)),
     }
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    path.trim_start_matches('/').split('/').collect()
+}
+
+/// The segments `*` matched, when `segs` fits `pattern`.
+fn matches<'a>(pattern: &str, segs: &[&'a str]) -> Option<Vec<&'a str>> {
+    let want = segments(pattern);
+    if want.len() != segs.len() {
+        return None;
+    }
+    let mut args = Vec::new();
+    for (w, s) in want.iter().zip(segs) {
+        match *w {
+            "*" => args.push(*s),
+            w if w == *s => {}
+            _ => return None,
+        }
+    }
+    Some(args)
 }
 
 /// 403 for a Host header that is not allowed (DNS rebinding), 400 for a
@@ -215,37 +248,6 @@ fn check_repeats(req: &Req) -> Option<Resp> {
         .map(|h| Resp::error(400, &format!("more than one {h} header"), vec![]))
 }
 
-/// The methods a known path answers; `None` for an unknown path.
-fn methods(segs: &[&str]) -> Option<&'static [&'static str]> {
-    const GET: &[&str] = &["GET"];
-    const POST: &[&str] = &["POST"];
-    Some(match segs {
-        [""] | ["healthz"] | ["style.css"] | ["jobs", _] => GET,
-        ["login"] => &["GET", "POST"],
-        ["logout"] => POST,
-        ["ui", "services", _, "install" | "update" | "remove"]
-        | ["ui", "connections"]
-        | ["ui", "connections", _, "delete"]
-        | ["ui", "peers"]
-        | ["ui", "peers", _, "unroute"]
-        | ["ui", "egress"]
-        | ["ui", "egress", _, "clear"]
-        | ["ui", "settings"]
-        | ["ui", "reapply"] => POST,
-        ["api", "status"]
-        | ["api", "services"]
-        | ["api", "services", _]
-        | ["api", "jobs", _]
-        | ["api", "peers"] => GET,
-        ["api", "services", _, "install" | "remove" | "update"] | ["api", "reapply"] => POST,
-        ["api", "services", _, "egress"] | ["api", "peers", _, "route"] => &["PUT", "DELETE"],
-        ["api", "connections"] => &["GET", "POST"],
-        ["api", "connections", _] => &["GET", "DELETE"],
-        ["api", "settings"] => &["GET", "PUT"],
-        _ => return None,
-    })
-}
-
 fn not_found(side: Side) -> Resp {
     match side {
         Side::Api => Resp::error(404, "no such API path", vec![]),
@@ -266,55 +268,36 @@ fn method_not_allowed(side: Side, allowed: &[&str]) -> Resp {
     r.with("Allow", &allow)
 }
 
-/// Outcome of presenting the API token.
-pub enum TokenCheck {
-    Right,
-    Wrong,
-    /// The address sent too many wrong ones; retry after this many seconds.
-    Throttled(u64),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Checks a presented token against the API token under the per-address
-/// throttle, logging every wrong one.
-pub fn check_token(app: &App, req: &Req, given: &str) -> TokenCheck {
-    let ip = req.client();
-    if let Some(wait) = app.throttle.wait(ip) {
-        log::warn!("token attempt from {ip} on {} refused: throttled", req.path);
-        return TokenCheck::Throttled(wait.as_secs() + 1);
-    }
-    if auth::token_matches(given, &app.token) {
-        app.throttle.succeeded(ip);
-        return TokenCheck::Right;
-    }
-    let n = app.throttle.failed(ip);
-    log::warn!("wrong API token from {ip} on {} ({n} lately)", req.path);
-    TokenCheck::Wrong
-}
-
-/// `Authorization: Bearer <token>` for every `/api/*` path.
-fn api_auth(app: &App, req: &Req) -> Result<(), Resp> {
-    let Some(given) = auth::bearer(req.header("Authorization")) else {
-        return Err(
-            Resp::error(401, "authorization required: Bearer <token>", vec![])
-                .with("WWW-Authenticate", "Bearer"),
+    #[test]
+    fn patterns_match_whole_segments_and_capture_stars() {
+        assert_eq!(matches("/", &segments("/")), Some(vec![]));
+        assert_eq!(
+            matches(
+                "/api/services/*/install",
+                &segments("/api/services/x/install")
+            ),
+            Some(vec!["x"])
         );
-    };
-    match check_token(app, req, given) {
-        TokenCheck::Right => Ok(()),
-        TokenCheck::Wrong => Err(Resp::error(401, "wrong token", vec![])
-            .with("WWW-Authenticate", "Bearer error=\"invalid_token\"")),
-        TokenCheck::Throttled(secs) => Err(Resp::error(
-            429,
-            "too many wrong tokens from this address; wait and retry",
-            vec![],
-        )
-        .with("Retry-After", &secs.to_string())),
+        assert_eq!(matches("/api/services/*", &segments("/api/services")), None);
+        assert_eq!(matches("/api/services", &segments("/api/services/")), None);
+        assert_eq!(matches("/jobs/*", &segments("/job/1")), None);
     }
-}
 
-/// The session a request's cookie names, with its CSRF token.
-pub fn session(app: &App, req: &Req) -> Option<(String, String)> {
-    let id = auth::cookie(req.header("Cookie"), COOKIE)?;
-    let csrf = app.sessions.csrf(id)?;
-    Some((id.to_string(), csrf))
+    #[test]
+    fn each_method_and_path_is_routed_once() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            for b in &ROUTES[i + 1..] {
+                assert!(
+                    !(a.method == b.method && a.path == b.path),
+                    "{} {} twice",
+                    a.method,
+                    a.path
+                );
+            }
+        }
+    }
 }

@@ -323,19 +323,43 @@ pub(crate) fn settle_connection(ctx: &mut Ctx, next: &mut State, pending: &Pendi
     }
 }
 
-/// Parses a peer address: an IPv4 unicast address.
-pub fn parse_peer(s: &str) -> Result<Ipv4Addr> {
-    let bad = |why: &str| {
-        Error::invalid(
-            "peer",
-            vec![format!("{:?} {why}", crate::ids::truncate(s, 64))],
-        )
-    };
-    let ip: Ipv4Addr = s.parse().map_err(|_| bad("is not an IPv4 address"))?;
-    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
-        return Err(bad("is not a unicast peer address"));
+/// A VPN peer's address, checked: the only way to make one is
+/// [`Peer::parse`], which every entry point uses (spec §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Peer(Ipv4Addr);
+
+impl Peer {
+    /// A unicast IPv4 address: not 0.0.0.0, loopback, multicast,
+    /// broadcast or link-local.
+    pub fn parse(s: &str) -> Result<Peer> {
+        let bad = |why: &str| {
+            Error::invalid(
+                "peer",
+                vec![format!("{:?} {why}", crate::ids::truncate(s, 64))],
+            )
+        };
+        let ip: Ipv4Addr = s.parse().map_err(|_| bad("is not an IPv4 address"))?;
+        if ip.is_unspecified()
+            || ip.is_loopback()
+            || ip.is_multicast()
+            || ip.is_broadcast()
+            || ip.is_link_local()
+        {
+            return Err(bad("is not a unicast peer address"));
+        }
+        Ok(Peer(ip))
     }
-    Ok(ip)
+
+    pub fn ip(self) -> Ipv4Addr {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// Applies `next` to the network and commits it; when the commit fails,
@@ -351,7 +375,7 @@ fn apply_and_commit(ctx: &mut Ctx, session: &mut Session, next: State) -> Result
 }
 
 /// Routes `peer` through connection `conn` (moving it if routed elsewhere).
-pub fn peer_route(ctx: &mut Ctx, peer: Ipv4Addr, conn: &ServiceId, wait: Duration) -> Result<()> {
+pub fn peer_route(ctx: &mut Ctx, peer: Peer, conn: &ServiceId, wait: Duration) -> Result<()> {
     let mut session = Session::open(ctx, wait)?;
     if !session.state.connections.contains_key(conn.as_str()) {
         return Err(Error::NotFound(format!("no connection named {conn}")));
@@ -367,7 +391,7 @@ pub fn peer_route(ctx: &mut Ctx, peer: Ipv4Addr, conn: &ServiceId, wait: Duratio
 }
 
 /// Returns whether the peer had a route.
-pub fn peer_unroute(ctx: &mut Ctx, peer: Ipv4Addr, wait: Duration) -> Result<bool> {
+pub fn peer_unroute(ctx: &mut Ctx, peer: Peer, wait: Duration) -> Result<bool> {
     let mut session = Session::open(ctx, wait)?;
     let mut next = session.state.clone();
     if next.peer_routes.remove(&peer.to_string()).is_none() {
@@ -428,7 +452,10 @@ mod tests {
 
     #[test]
     fn peers_must_be_unicast_ipv4() {
-        assert!(parse_peer("10.8.0.2").is_ok());
+        assert_eq!(
+            Peer::parse("10.8.0.2").unwrap().ip(),
+            Ipv4Addr::new(10, 8, 0, 2)
+        );
         for bad in [
             "10.8.0",
             "::1",
@@ -436,9 +463,10 @@ mod tests {
             "127.0.0.1",
             "255.255.255.255",
             "224.0.0.1",
+            "169.254.1.1",
             "10.8.0.2\n-j ACCEPT",
         ] {
-            assert!(parse_peer(bad).is_err(), "{bad}");
+            assert!(Peer::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -5,14 +5,16 @@
 //! and whoever takes the lock next settles a `pending` left by a process
 //! that died (see [`settle`]).
 
+mod command;
 mod connection;
 mod reapply;
 mod service;
 mod settle;
 
+pub use command::{mode_name, parse_mode, Command, Outcome, Purge};
 pub use connection::{
-    connection_add, connection_remove, egress_clear, egress_set, parse_peer, peer_route,
-    peer_unroute, set_verification_mode, ConnectionOutcome,
+    connection_add, connection_remove, egress_clear, egress_set, peer_route, peer_unroute,
+    set_verification_mode, ConnectionOutcome, Peer,
 };
 pub use reapply::{dry_run, reapply, start_order, DryRun, ReapplyReport};
 pub(crate) use service::prepare_doc;

@@ -2,7 +2,7 @@
 //! transaction: checks first, `pending` before the first side effect, and
 //! every completed step undone in reverse when a later one fails.
 
-use super::{step, Ctx, Session};
+use super::{step, Ctx, Purge, Session};
 use crate::compose::{self, CheckContext, InstanceCtx, Project, Vars};
 use crate::config::Config;
 use crate::docker;
@@ -504,7 +504,13 @@ pub(crate) fn apply_network(ctx: &mut Ctx, state: &State) -> Result<()> {
     report.fatal()
 }
 
-pub fn remove(ctx: &mut Ctx, id: &ServiceId, purge: bool, wait: Duration) -> Result<RemoveOutcome> {
+pub fn remove(
+    ctx: &mut Ctx,
+    id: &ServiceId,
+    purge: Purge,
+    wait: Duration,
+) -> Result<RemoveOutcome> {
+    let purge = purge == Purge::DeleteData;
     let mut session = Session::open(ctx, wait)?;
     let state = session.state.clone();
     let Some(rec) = state.services.get(id.as_str()) else {
