@@ -201,9 +201,6 @@ impl Config {
     pub fn state_file(&self) -> PathBuf {
         self.state_dir.join("state.json")
     }
-    pub fn lock_file(&self) -> PathBuf {
-        self.state_dir.join("state.lock")
-    }
     pub fn cache_dir(&self) -> PathBuf {
         self.state_dir.join("cache")
     }
@@ -212,9 +209,6 @@ impl Config {
     }
     pub fn data_root(&self) -> PathBuf {
         self.state_dir.join("data")
-    }
-    pub fn token_file(&self) -> PathBuf {
-        self.state_dir.join("api-token")
     }
 }
 

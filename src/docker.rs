@@ -128,16 +128,6 @@ pub fn exec(
     host.run_with_progress(&cmd, progress).map(|_| ())
 }
 
-/// Names of the containers of a compose project, running or not.
-pub fn project_containers(host: &dyn Host, config: &Config, project: &str) -> Result<Vec<String>> {
-    let out = host.run(
-        &docker(config)
-            .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
-            .arg(format!("label=com.docker.compose.project={project}")),
-    )?;
-    Ok(out.stdout.lines().map(str::to_string).collect())
-}
-
 /// Removes a project's containers and networks by label: the way to clean
 /// up after a crash that left containers but no compose file.
 pub fn remove_project_by_label(host: &dyn Host, config: &Config, project: &str) -> Result<()> {

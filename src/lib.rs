@@ -1,20 +1,21 @@
 //! pic-store: the service store manager of a Personal Internet Cell.
 //! `main.rs` is a shim over [`cli::run`]; see README.md, "Architecture".
+//! Public are only the modules the binary, `tests/` and `fuzz/` use.
 
 pub mod cli;
 pub mod compose;
 pub mod config;
-pub mod docker;
+mod docker;
 pub mod error;
-pub mod files;
+mod files;
 pub mod host;
 pub mod http;
 pub mod ids;
 pub mod manifest;
 pub mod net;
 pub mod ops;
-pub mod report;
+mod report;
 pub mod state;
 pub mod store;
-pub mod token;
-pub mod validate;
+mod token;
+mod validate;

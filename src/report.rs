@@ -11,10 +11,6 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 /// `{"available": [...], "installed": {...}, "stale": bool}` (spec §12).
-pub fn services_json(state: &State, store: &StoreClient) -> Result<Value> {
-    Ok(services_value(state, &store.index()?))
-}
-
 pub fn services_value(state: &State, index: &crate::store::Index) -> Value {
     json!({
         "available": index.services,
@@ -115,7 +111,7 @@ pub fn status(config: &Config, host: &dyn Host, as_json: bool) -> Result<i32> {
             state.egress.len()
         );
         match &state.pending {
-            Some(p) => println!("pending: {:?} of {} (pid {})", p.op, p.target, p.pid),
+            Some(p) => println!("pending: {} of {} (pid {})", p.op, p.target, p.pid),
             None => println!("pending: none"),
         }
         match store.cached_index() {

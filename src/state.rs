@@ -91,28 +91,148 @@ pub struct Settings {
 }
 
 /// An operation that changes the system, written before its first side
-/// effect and cleared with its final state write (spec §4).
+/// effect and cleared with its final state write (spec §4). What a later
+/// process needs to settle it is typed here; on disk it keeps the v1
+/// shape (`op`, `target`, `started_at`, `pid`, `detail`) through
+/// [`PendingRecord`], so state files of either version load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "PendingRecord", into = "PendingRecord")]
 pub struct Pending {
     pub op: PendingOp,
     /// The service or connection id.
     pub target: String,
     pub started_at: u64,
     pub pid: u32,
-    /// What the operation needs to be settled by someone else: the old
-    /// record of an update, the allocations of a create, ...
+}
+
+/// Each operation that can be left pending, with what settling it needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PendingOp {
+    /// Rolled back: the project taken down, its file removed, and the
+    /// data folder too when the install made it.
+    Install { made_data_dir: bool },
+    /// Finished.
+    Remove { purge: bool },
+    /// Rolled back to the compose file of the old version (none when the
+    /// service had none, as an instanceable one).
+    Update { old_doc: Option<serde_json::Value> },
+    /// Rolled back. `service` is `None` only in a damaged record.
+    ConnectionCreate {
+        service: Option<String>,
+        made_data_dir: bool,
+    },
+    /// Finished.
+    ConnectionDelete { service: Option<String> },
+}
+
+impl std::fmt::Display for PendingOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PendingOp::Install { .. } => "Install",
+            PendingOp::Remove { .. } => "Remove",
+            PendingOp::Update { .. } => "Update",
+            PendingOp::ConnectionCreate { .. } => "ConnectionCreate",
+            PendingOp::ConnectionDelete { .. } => "ConnectionDelete",
+        })
+    }
+}
+
+impl Pending {
+    /// A record of `op` on `target` by this process, started now.
+    pub fn now(op: PendingOp, target: &str) -> Pending {
+        Pending {
+            op,
+            target: target.to_string(),
+            started_at: files::now_unix(),
+            pid: std::process::id(),
+        }
+    }
+}
+
+/// The pending record as the state file holds it (v1).
+#[derive(Serialize, Deserialize)]
+struct PendingRecord {
+    op: OpName,
+    target: String,
+    started_at: u64,
+    pid: u32,
     #[serde(default)]
-    pub detail: serde_json::Value,
+    detail: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum PendingOp {
+enum OpName {
     Install,
     Remove,
     Update,
     ConnectionCreate,
     ConnectionDelete,
+}
+
+impl From<PendingRecord> for Pending {
+    fn from(r: PendingRecord) -> Pending {
+        let d = &r.detail;
+        let flag = |k: &str| d[k].as_bool() == Some(true);
+        let service = d["service"].as_str().map(str::to_string);
+        let op = match r.op {
+            OpName::Install => PendingOp::Install {
+                made_data_dir: flag("made_data_dir"),
+            },
+            OpName::Remove => PendingOp::Remove {
+                purge: flag("purge"),
+            },
+            OpName::Update => PendingOp::Update {
+                old_doc: d.get("old_doc").filter(|v| !v.is_null()).cloned(),
+            },
+            OpName::ConnectionCreate => PendingOp::ConnectionCreate {
+                service,
+                made_data_dir: flag("made_data_dir"),
+            },
+            OpName::ConnectionDelete => PendingOp::ConnectionDelete { service },
+        };
+        Pending {
+            op,
+            target: r.target,
+            started_at: r.started_at,
+            pid: r.pid,
+        }
+    }
+}
+
+impl From<Pending> for PendingRecord {
+    fn from(p: Pending) -> PendingRecord {
+        let project = format!("pic-{}", p.target);
+        let (op, detail) = match p.op {
+            PendingOp::Install { made_data_dir } => (
+                OpName::Install,
+                serde_json::json!({"project": project, "made_data_dir": made_data_dir}),
+            ),
+            PendingOp::Remove { purge } => (OpName::Remove, serde_json::json!({"purge": purge})),
+            PendingOp::Update { old_doc } => (
+                OpName::Update,
+                serde_json::json!({"project": project, "old_doc": old_doc}),
+            ),
+            PendingOp::ConnectionCreate {
+                service,
+                made_data_dir,
+            } => (
+                OpName::ConnectionCreate,
+                serde_json::json!({"service": service, "made_data_dir": made_data_dir}),
+            ),
+            PendingOp::ConnectionDelete { service } => (
+                OpName::ConnectionDelete,
+                serde_json::json!({"service": service}),
+            ),
+        };
+        PendingRecord {
+            op,
+            target: p.target,
+            started_at: p.started_at,
+            pid: p.pid,
+            detail,
+        }
+    }
 }
 
 impl State {
@@ -337,6 +457,66 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<State> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state file written by version 1, with each kind of pending
+    /// record, loads into the typed record and is written back unchanged.
+    #[test]
+    fn v1_pending_records_load_and_round_trip() {
+        let cases = [
+            (
+                r#"{"op": "install", "target": "radicale", "started_at": 1700000000, "pid": 42,
+                    "detail": {"project": "pic-radicale", "made_data_dir": true}}"#,
+                PendingOp::Install {
+                    made_data_dir: true,
+                },
+            ),
+            (
+                r#"{"op": "remove", "target": "radicale", "started_at": 1700000000, "pid": 42,
+                    "detail": {"purge": false}}"#,
+                PendingOp::Remove { purge: false },
+            ),
+            (
+                r#"{"op": "update", "target": "radicale", "started_at": 1700000000, "pid": 42,
+                    "detail": {"project": "pic-radicale", "old_doc": {"services": {}}}}"#,
+                PendingOp::Update {
+                    old_doc: Some(serde_json::json!({"services": {}})),
+                },
+            ),
+            (
+                r#"{"op": "connection_create", "target": "c1", "started_at": 1700000000,
+                    "pid": 42, "detail": {"service": "proxy", "made_data_dir": false}}"#,
+                PendingOp::ConnectionCreate {
+                    service: Some("proxy".into()),
+                    made_data_dir: false,
+                },
+            ),
+            (
+                r#"{"op": "connection_delete", "target": "c1", "started_at": 1700000000,
+                    "pid": 42, "detail": {"service": "proxy"}}"#,
+                PendingOp::ConnectionDelete {
+                    service: Some("proxy".into()),
+                },
+            ),
+        ];
+        for (record, op) in cases {
+            let file = format!(r#"{{"schema": 1, "services": {{}}, "pending": {record}}}"#);
+            let state: State = serde_json::from_str(&file).unwrap();
+            let p = state.pending.clone().unwrap();
+            assert_eq!(p.op, op, "{record}");
+            assert_eq!((p.started_at, p.pid), (1700000000, 42));
+            let written = serde_json::to_value(&state).unwrap();
+            let want: serde_json::Value = serde_json::from_str(record).unwrap();
+            assert_eq!(written["pending"], want, "{record}");
+        }
+        // A record without its detail (an older or damaged file) still loads.
+        let bare = r#"{"schema": 1, "pending": {"op": "update", "target": "x",
+            "started_at": 1, "pid": 2}}"#;
+        let state: State = serde_json::from_str(bare).unwrap();
+        assert_eq!(
+            state.pending.unwrap().op,
+            PendingOp::Update { old_doc: None }
+        );
+    }
 
     fn store(name: &str) -> StateStore {
         let d = std::env::temp_dir().join(format!("pic-state-{name}-{}", std::process::id()));

@@ -14,13 +14,13 @@
 //! thread of its own, so a slow upload never holds a worker either. The
 //! request is routed ([`router`]) inside `catch_unwind`.
 
-pub mod api;
+mod api;
 pub mod auth;
 pub mod forms;
-pub mod front;
+mod front;
 pub mod jobs;
 pub mod msg;
-pub mod page;
+mod page;
 pub mod router;
 
 use crate::config::Config;

@@ -4,11 +4,11 @@
 //! redirect port and pool address; create and delete are transactions like
 //! install and remove.
 
-use super::service::{
-    allocate_ip, apply_network, compose_down, compose_up, project_file, undo_all, Undo, Volumes,
-};
-use super::{step, Ctx, Session};
-use crate::compose::{self, CheckContext, InstanceCtx, Project, Vars};
+use super::project::{self, Volumes};
+use super::service::{allocate_ip, apply_network};
+use super::txn::{step, undo_all, Session, Undo};
+use super::Ctx;
+use crate::compose::{self, CheckContext, InstanceCtx, Vars};
 use crate::error::{Error, Result};
 use crate::files;
 use crate::host::Cmd;
@@ -16,7 +16,6 @@ use crate::ids::ServiceId;
 use crate::manifest::{self, VerificationMode};
 use crate::state::{Connection, Pending, PendingOp, State};
 use serde::Serialize;
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -41,14 +40,6 @@ struct Allocation {
     table: u32,
     port: u16,
     ip: Ipv4Addr,
-}
-
-fn project_in(ctx: &Ctx, service: &str, id: &str) -> Project {
-    let name = compose::project_name(service, Some(id));
-    Project {
-        file: project_file(ctx.config, &name),
-        name,
-    }
 }
 
 /// Marks and tables in use on the host (any `ip rule`), read once.
@@ -156,7 +147,7 @@ pub fn connection_add(
         ctx.config,
     );
     let rendered = compose::render(&template, &vars)?;
-    let project = project_in(ctx, service.as_str(), name.as_str());
+    let project = project::instance(ctx.config, service.as_str(), name.as_str());
     let cctx = CheckContext {
         manifest: &m,
         config: ctx.config,
@@ -170,9 +161,11 @@ pub fn connection_add(
     let doc = compose::prepare(ctx.host, ctx.config, &project.name, &rendered, &cctx)?;
     let data = vars.data_dir().to_path_buf();
     session.begin(
-        PendingOp::ConnectionCreate,
+        PendingOp::ConnectionCreate {
+            service: Some(service.to_string()),
+            made_data_dir: !data.exists(),
+        },
         name.as_str(),
-        json!({"service": service.as_str(), "made_data_dir": !data.exists()}),
     )?;
     let conn = Connection {
         service: service.to_string(),
@@ -196,7 +189,7 @@ pub fn connection_add(
         )?;
         undo.push(Undo::Down(project.clone()));
         ctx.say(&format!("{name}: starting {}", vars.container_name()));
-        step("docker compose up", compose_up(ctx, &project))?;
+        step("docker compose up", project::up(ctx, &project))?;
         let mut next = state.clone();
         next.connections.insert(name.to_string(), conn.clone());
         undo.push(Undo::Network(Box::new(state.clone())));
@@ -258,9 +251,10 @@ pub fn connection_remove(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Resul
         )));
     }
     session.begin(
-        PendingOp::ConnectionDelete,
+        PendingOp::ConnectionDelete {
+            service: Some(conn.service.clone()),
+        },
         id.as_str(),
-        json!({"service": conn.service}),
     )?;
     match delete_steps(ctx, &state, id.as_str(), &conn.service) {
         Ok(next) => {
@@ -278,10 +272,10 @@ pub fn connection_remove(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Resul
 /// The steps of a delete; idempotent, so a delete left by a dead process
 /// is finished by running them again.
 fn delete_steps(ctx: &mut Ctx, state: &State, id: &str, service: &str) -> Result<State> {
-    let project = project_in(ctx, service, id);
+    let project = project::instance(ctx.config, service, id);
     step(
         "docker compose down",
-        compose_down(ctx.host, ctx.config, &project, Volumes::Remove),
+        project::down(ctx.host, ctx.config, &project, Volumes::Remove),
     )?;
     files::remove_file_if_exists(&project.file)?;
     files::remove_dir_all_if_exists(&compose::data_dir(ctx.config, service, Some(id)))?;
@@ -295,27 +289,34 @@ fn delete_steps(ctx: &mut Ctx, state: &State, id: &str, service: &str) -> Result
 /// a process that died.
 pub(crate) fn settle_connection(ctx: &mut Ctx, next: &mut State, pending: &Pending) {
     let id = pending.target.as_str();
-    let Some(service) = pending.detail["service"].as_str().map(str::to_string) else {
+    let (PendingOp::ConnectionCreate {
+        service: Some(service),
+        ..
+    }
+    | PendingOp::ConnectionDelete {
+        service: Some(service),
+    }) = &pending.op
+    else {
         log::error!("pending connection {id} names no service; nothing to settle");
         return;
     };
     match pending.op {
-        PendingOp::ConnectionCreate => {
-            let project = project_in(ctx, &service, id);
+        PendingOp::ConnectionCreate { made_data_dir, .. } => {
+            let project = project::instance(ctx.config, service, id);
             let undo = vec![
                 Undo::Down(project.clone()),
                 Undo::RemoveFile(project.file.clone()),
             ];
             undo_all(ctx, undo);
-            if pending.detail["made_data_dir"].as_bool() == Some(true) {
-                let dir = compose::data_dir(ctx.config, &service, Some(id));
+            if made_data_dir {
+                let dir = compose::data_dir(ctx.config, service, Some(id));
                 if let Err(e) = files::remove_dir_all_if_exists(&dir) {
                     log::error!("while settling connection {id}: {e}");
                 }
             }
             next.connections.remove(id);
         }
-        PendingOp::ConnectionDelete => match delete_steps(ctx, next, id, &service) {
+        PendingOp::ConnectionDelete { .. } => match delete_steps(ctx, next, id, service) {
             Ok(s) => *next = s,
             Err(e) => log::error!("finishing the delete of connection {id} failed: {e}"),
         },
@@ -449,6 +450,7 @@ pub fn set_verification_mode(ctx: &mut Ctx, mode: VerificationMode, wait: Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn peers_must_be_unicast_ipv4() {

@@ -5,12 +5,11 @@
 //! present, so boot works offline), and rebuilds chains, policy routing and
 //! the Caddy file. It carries on past a failing item.
 
-use super::service::project_file;
+use super::project;
 use super::{Ctx, Session};
 use crate::compose::Project;
 use crate::docker;
 use crate::error::Result;
-use crate::host::Cmd;
 use crate::state::{State, StateStore};
 use serde::Serialize;
 use std::time::Duration;
@@ -84,20 +83,12 @@ pub fn reapply(ctx: &mut Ctx, wait: Duration) -> Result<ReapplyReport> {
         if svc.manifest.instanceable {
             continue;
         }
-        let name = crate::compose::project_name(&id, None);
-        let project = Project {
-            file: project_file(ctx.config, &name),
-            name,
-        };
+        let project = project::service(ctx.config, &id);
         let r = up_offline(ctx, &inventory, &project, &svc.manifest.image);
         record(ctx, format!("service {id}"), r);
     }
     for (cid, conn) in &state.connections {
-        let name = crate::compose::project_name(&conn.service, Some(cid));
-        let project = Project {
-            file: project_file(ctx.config, &name),
-            name,
-        };
+        let project = project::instance(ctx.config, &conn.service, cid);
         let image = state
             .services
             .get(&conn.service)
@@ -171,14 +162,13 @@ fn up_offline(ctx: &mut Ctx, inv: &Inventory, project: &Project, image: &str) ->
     if inv.all_running(&project.name) {
         return Ok("running".into());
     }
-    super::service::guard_binds(ctx.config, &project.file)?;
+    project::guard_binds(ctx.config, &project.file)?;
     let present = match &inv.images {
         Some(images) => docker::image_listed(images, image),
         None => docker::image_present(ctx.host, ctx.config, image)?,
     };
-    let cmd: Cmd = crate::compose::compose_cmd(ctx.config, project)
-        .args(["up", "-d", "--remove-orphans", "--pull", "missing"])
-        .timeout(Duration::from_secs(10 * 60));
+    // It may have to pull a missing image: a longer bound than an install's.
+    let cmd = project::up_cmd(ctx.config, project).timeout(Duration::from_secs(10 * 60));
     let host = ctx.host;
     match host.run_with_progress(&cmd, &mut *ctx.progress) {
         Ok(out) => {
@@ -241,7 +231,7 @@ pub fn dry_run(ctx: &mut Ctx) -> Result<DryRun> {
     let mut drift = Vec::new();
     if let Some(p) = &state.pending {
         drift.push(format!(
-            "a {:?} of {} is pending and would be settled",
+            "a {} of {} is pending and would be settled",
             p.op, p.target
         ));
     }
@@ -253,17 +243,12 @@ pub fn dry_run(ctx: &mut Ctx) -> Result<DryRun> {
         if svc.manifest.instanceable {
             continue;
         }
-        let name = crate::compose::project_name(id, None);
-        drift.extend(project_drift(ctx, &inv, &format!("service {id}"), &name));
+        let project = project::service(ctx.config, id);
+        drift.extend(project_drift(&inv, &format!("service {id}"), &project));
     }
     for (cid, conn) in &state.connections {
-        let name = crate::compose::project_name(&conn.service, Some(cid));
-        drift.extend(project_drift(
-            ctx,
-            &inv,
-            &format!("connection {cid}"),
-            &name,
-        ));
+        let project = project::instance(ctx.config, &conn.service, cid);
+        drift.extend(project_drift(&inv, &format!("connection {cid}"), &project));
     }
     let net = crate::net::dry_run(ctx.host, ctx.config, &state);
     drift.extend(net.drift.iter().cloned());
@@ -275,8 +260,8 @@ pub fn dry_run(ctx: &mut Ctx) -> Result<DryRun> {
     })
 }
 
-fn project_drift(ctx: &mut Ctx, inv: &Inventory, what: &str, project: &str) -> Vec<String> {
-    let file = project_file(ctx.config, project);
+fn project_drift(inv: &Inventory, what: &str, project: &Project) -> Vec<String> {
+    let (file, project) = (&project.file, &project.name);
     let mut out = Vec::new();
     if !file.exists() {
         out.push(format!(

@@ -2,7 +2,9 @@
 //! transaction: checks first, `pending` before the first side effect, and
 //! every completed step undone in reverse when a later one fails.
 
-use super::{step, Ctx, Purge, Session};
+use super::project::{self, Volumes};
+use super::txn::{step, undo_all, Session, Undo};
+use super::{Ctx, Purge};
 use crate::compose::{self, CheckContext, InstanceCtx, Project, Vars};
 use crate::config::Config;
 use crate::docker;
@@ -13,14 +15,10 @@ use crate::ids::ServiceId;
 use crate::manifest::{self, Rules, ValidManifest, VerificationMode};
 use crate::state::{InstalledService, PendingOp, State};
 use serde::Serialize;
-use serde_json::json;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-const PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-const UP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-const DOWN_TIMEOUT: Duration = Duration::from_secs(3 * 60);
 const HOOK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const COSIGN_TIMEOUT: Duration = Duration::from_secs(2 * 60);
 
@@ -47,119 +45,6 @@ pub struct UpdateOutcome {
     pub from_version: String,
     pub to_version: String,
     pub warnings: Vec<String>,
-}
-
-/// A step to take back when a later step fails.
-pub(crate) enum Undo {
-    /// `docker compose down` of a project brought up by this operation.
-    Down(Project),
-    /// `docker compose up -d` of the project file as it was before.
-    Restore(Project),
-    RemoveFile(PathBuf),
-    RemoveDir(PathBuf),
-    /// Re-program firewall, routes and Caddy for this (the old) state.
-    Network(Box<State>),
-}
-
-pub(crate) fn undo_all(ctx: &mut Ctx, undo: Vec<Undo>) {
-    for u in undo.into_iter().rev() {
-        let r = match &u {
-            Undo::Down(p) => compose_down(ctx.host, ctx.config, p, Volumes::Remove),
-            Undo::Restore(p) => compose_up(ctx, p).map(|_| ()),
-            Undo::RemoveFile(f) => files::remove_file_if_exists(f),
-            Undo::RemoveDir(d) => files::remove_dir_all_if_exists(d),
-            Undo::Network(s) => crate::net::apply_all(ctx.host, ctx.config, s).map(|_| ()),
-        };
-        if let Err(e) = r {
-            log::error!("undo failed: {e}");
-        }
-    }
-}
-
-/// Whether `compose down` also removes the project's named volumes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Volumes {
-    Keep,
-    Remove,
-}
-
-pub(crate) fn project_file(config: &Config, project: &str) -> PathBuf {
-    config.compose_dir().join(format!("{project}.json"))
-}
-
-pub(crate) fn data_dir(config: &Config, id: &str) -> PathBuf {
-    config.data_root().join(id)
-}
-
-pub(crate) fn compose_down(
-    host: &dyn Host,
-    config: &Config,
-    project: &Project,
-    volumes: Volumes,
-) -> Result<()> {
-    if !project.file.exists() {
-        return docker::remove_project_by_label(host, config, &project.name);
-    }
-    let mut cmd = compose::compose_cmd(config, project)
-        .args(["--profile", "*", "down", "--remove-orphans"])
-        .timeout(DOWN_TIMEOUT);
-    if volumes == Volumes::Remove {
-        cmd = cmd.arg("--volumes");
-    }
-    host.run(&cmd).map(|_| ())
-}
-
-pub(crate) fn compose_up(ctx: &mut Ctx, project: &Project) -> Result<()> {
-    guard_binds(ctx.config, &project.file)?;
-    let cmd = compose::compose_cmd(ctx.config, project)
-        .args(["up", "-d", "--remove-orphans", "--pull", "missing"])
-        .timeout(UP_TIMEOUT);
-    let host = ctx.host;
-    host.run_with_progress(&cmd, &mut *ctx.progress).map(|_| ())
-}
-
-/// Refuses to bring a project up when one of its bind sources under the
-/// data folders is, or passes through, a symlink: a container could plant
-/// one in its own data folder to reach the host at the next `up`, which
-/// docker would follow.
-pub(crate) fn guard_binds(config: &Config, file: &Path) -> Result<()> {
-    let bytes = files::read(file)?;
-    let doc: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::failed(format!("read {}", file.display()), e))?;
-    let root = config.data_root();
-    for src in compose::bind_sources(&doc) {
-        let norm = PathBuf::from(manifest::normalize_path(&src.to_string_lossy()));
-        let Ok(rest) = norm.strip_prefix(&root) else {
-            continue;
-        };
-        let mut p = root.clone();
-        for part in rest.components() {
-            p.push(part);
-            match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(Error::failed(
-                        "bind mount check",
-                        format!(
-                            "{} is a symlink inside a data folder; refusing to mount {}",
-                            p.display(),
-                            src.display()
-                        ),
-                    ))
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    }
-    Ok(())
-}
-
-fn compose_pull(ctx: &mut Ctx, project: &Project) -> Result<()> {
-    let cmd = compose::compose_cmd(ctx.config, project)
-        .args(["pull"])
-        .timeout(PULL_TIMEOUT);
-    let host = ctx.host;
-    host.run_with_progress(&cmd, &mut *ctx.progress).map(|_| ())
 }
 
 fn rules<'a>(config: &'a Config, state: &State, id: &str) -> Rules<'a> {
@@ -372,18 +257,11 @@ pub fn install(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<InstallO
         Some(step("allocate an address", allocate_ip(ctx, &state))?)
     };
     ctx.say(&format!("{id}: checking the compose template"));
-    let (project_name, doc) = prepare_doc(ctx.host, ctx.config, &m, &template, ip)?;
-    let project = Project {
-        name: project_name.clone(),
-        file: project_file(ctx.config, &project_name),
-    };
-    let data = data_dir(ctx.config, id.as_str());
-    let made_data = !data.exists();
-    session.begin(
-        PendingOp::Install,
-        id.as_str(),
-        json!({"project": project_name, "made_data_dir": made_data}),
-    )?;
+    let (_, doc) = prepare_doc(ctx.host, ctx.config, &m, &template, ip)?;
+    let project = project::service(ctx.config, id.as_str());
+    let data = project::data_dir(ctx.config, id.as_str());
+    let made_data_dir = !data.exists();
+    session.begin(PendingOp::Install { made_data_dir }, id.as_str())?;
 
     let mut undo = Vec::new();
     let result = install_steps(
@@ -449,7 +327,7 @@ fn install_steps(
         compose::write_checked(ctx.config, &project.name, doc),
     )?;
     ctx.say(&format!("{id}: pulling {}", m.image));
-    step("pull", compose_pull(ctx, project))?;
+    step("pull", project::pull(ctx, project))?;
     let mode = old.settings.image_verification_mode;
     let digest = verify_image(ctx, m, mode, warnings)?;
     if m.instanceable {
@@ -458,7 +336,7 @@ fn install_steps(
     } else {
         undo.push(Undo::Down(project.clone()));
         ctx.say(&format!("{id}: starting"));
-        step("docker compose up", compose_up(ctx, project))?;
+        step("docker compose up", project::up(ctx, project))?;
         if let Some(hook) = &m.provision_hook {
             ctx.say(&format!("{id}: running the provision hook"));
             let host = ctx.host;
@@ -541,7 +419,7 @@ pub fn remove(
             users.join(", ")
         )));
     }
-    session.begin(PendingOp::Remove, id.as_str(), json!({"purge": purge}))?;
+    session.begin(PendingOp::Remove { purge }, id.as_str())?;
     match remove_steps(ctx, &state, id.as_str(), purge) {
         Ok(next) => {
             session.finish(next)?;
@@ -563,11 +441,7 @@ pub fn remove(
 /// The steps of a remove; each is idempotent, so a remove left by a dead
 /// process is finished by running them again.
 pub(crate) fn remove_steps(ctx: &mut Ctx, state: &State, id: &str, purge: bool) -> Result<State> {
-    let project_name = compose::project_name(id, None);
-    let project = Project {
-        file: project_file(ctx.config, &project_name),
-        name: project_name,
-    };
+    let project = project::service(ctx.config, id);
     let volumes = if purge {
         Volumes::Remove
     } else {
@@ -575,13 +449,13 @@ pub(crate) fn remove_steps(ctx: &mut Ctx, state: &State, id: &str, purge: bool) 
     };
     step(
         "docker compose down",
-        compose_down(ctx.host, ctx.config, &project, volumes),
+        project::down(ctx.host, ctx.config, &project, volumes),
     )?;
     files::remove_file_if_exists(&project.file)?;
     if purge {
         step(
             "delete the data folder",
-            files::remove_dir_all_if_exists(&data_dir(ctx.config, id)),
+            files::remove_dir_all_if_exists(&project::data_dir(ctx.config, id)),
         )?;
     }
     let mut next = state.clone();
@@ -618,23 +492,14 @@ pub fn update(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<UpdateOut
         "{id}: checking the compose template of {}",
         m.version
     ));
-    let (project_name, doc) = prepare_doc(ctx.host, ctx.config, &m, &template, old.ip)?;
-    let project = Project {
-        name: project_name.clone(),
-        file: project_file(ctx.config, &project_name),
-    };
+    let (_, doc) = prepare_doc(ctx.host, ctx.config, &m, &template, old.ip)?;
+    let project = project::service(ctx.config, id.as_str());
     let old_doc = files::read_optional(&project.file)?
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-    session.begin(
-        PendingOp::Update,
-        id.as_str(),
-        json!({"project": project_name, "old_doc": old_doc}),
-    )?;
-    let new_file = config_new_file(ctx.config, &project_name);
-    let new_project = Project {
-        name: project_name.clone(),
-        file: new_file.clone(),
-    };
+    let had_doc = old_doc.is_some();
+    session.begin(PendingOp::Update { old_doc }, id.as_str())?;
+    let new_project = project::staged(ctx.config, id.as_str());
+    let new_file = new_project.file.clone();
     let mut undo = vec![Undo::RemoveFile(new_file.clone())];
     let result = (|| -> Result<State> {
         let bytes = serde_json::to_vec_pretty(&doc)
@@ -644,7 +509,7 @@ pub fn update(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<UpdateOut
             files::write_atomic(&new_file, &bytes, 0o600),
         )?;
         ctx.say(&format!("{id}: pulling {}", m.image));
-        step("pull", compose_pull(ctx, &new_project))?;
+        step("pull", project::pull(ctx, &new_project))?;
         let digest = verify_image(
             ctx,
             &m,
@@ -652,11 +517,11 @@ pub fn update(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<UpdateOut
             &mut warnings,
         )?;
         if !m.instanceable {
-            if old_doc.is_some() {
+            if had_doc {
                 undo.push(Undo::Restore(project.clone()));
             }
             ctx.say(&format!("{id}: starting version {}", m.version));
-            step("docker compose up", compose_up(ctx, &new_project))?;
+            step("docker compose up", project::up(ctx, &new_project))?;
         }
         let mut next = state.clone();
         next.services.insert(
@@ -705,8 +570,4 @@ pub fn update(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<UpdateOut
             Err(e)
         }
     }
-}
-
-pub(crate) fn config_new_file(config: &Config, project: &str) -> PathBuf {
-    config.compose_dir().join(format!("{project}.new.json"))
 }
