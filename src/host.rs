@@ -1,8 +1,8 @@
 //! The only place pic-store spawns processes. A [`Cmd`] is an argv (never a
 //! shell line) with an absolute program path, an explicit environment and a
 //! time limit; its stderr is captured into the error when it fails.
-//! [`Host`] is the seam: [`RealHost`] runs programs, tests may use
-//! [`FakeHost`], which records every call and answers from a script.
+//! [`Host`] is the seam: [`RealHost`] runs programs; unit tests use
+//! `FakeHost` (test builds only), which expects each call exactly, in order.
 
 use crate::config::Program;
 use crate::error::{Error, Result};
@@ -290,52 +290,85 @@ fn collect_line(buf: &mut String, line: &str) {
     }
 }
 
-/// A recording fake for unit tests: answers each call with the first
-/// scripted response whose prefix matches the command line, and records
-/// every command line it was given.
+/// The fake host of unit tests (test builds only): every call must be the
+/// next one expected, argv for argv; it gets that expectation's answer and
+/// is recorded. An unexpected or unscripted call panics (failing the
+/// test), and so does dropping the fake before every expected call came.
+#[cfg(test)]
 #[derive(Default)]
 pub struct FakeHost {
-    pub calls: std::sync::Mutex<Vec<String>>,
-    pub script: Vec<(String, Output)>,
+    expected: std::sync::Mutex<std::collections::VecDeque<(String, Output)>>,
+    calls: std::sync::Mutex<Vec<String>>,
 }
 
+#[cfg(test)]
 impl FakeHost {
-    pub fn answer(mut self, prefix: &str, code: i32, stdout: &str) -> FakeHost {
-        self.script.push((
-            prefix.to_string(),
-            Output {
-                code: Some(code),
-                stdout: stdout.to_string(),
-                stderr: String::new(),
-            },
-        ));
+    pub fn new() -> FakeHost {
+        FakeHost::default()
+    }
+
+    /// Expects `line` (the command's [`Cmd::display`]) next, answering it
+    /// with `code` and `stdout`. An empty `line` stands for any one call,
+    /// for a command whose argv holds a generated path (check it with
+    /// [`FakeHost::calls`]).
+    pub fn answer(self, line: &str, code: i32, stdout: &str) -> FakeHost {
+        self.push(line, code, stdout, "");
         self
     }
 
+    /// Like [`FakeHost::answer`], for a failure with this stderr.
+    pub fn fail(self, line: &str, code: i32, stderr: &str) -> FakeHost {
+        self.push(line, code, "", stderr);
+        self
+    }
+
+    /// Adds an expectation to a fake already in use.
+    pub fn push(&self, line: &str, code: i32, stdout: &str, stderr: &str) {
+        let out = Output {
+            code: Some(code),
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+        };
+        lock(&self.expected).push_back((line.to_string(), out));
+    }
+
+    /// Every call made so far, in order.
     pub fn calls(&self) -> Vec<String> {
-        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+        lock(&self.calls).clone()
     }
 }
 
+#[cfg(test)]
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
 impl Host for FakeHost {
     fn run_with_progress(&self, cmd: &Cmd, _progress: &mut dyn FnMut(&str)) -> Result<Output> {
         let line = cmd.display();
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.push(line.clone());
-        }
-        let out = self
-            .script
-            .iter()
-            .find(|(prefix, _)| line.starts_with(prefix.as_str()))
-            .map(|(_, o)| o.clone())
-            .unwrap_or(Output {
-                code: Some(0),
-                ..Output::default()
-            });
+        lock(&self.calls).push(line.clone());
+        let next = lock(&self.expected).pop_front();
+        let out = match next {
+            Some((want, out)) if want == line || want.is_empty() => out,
+            Some((want, _)) => panic!("unexpected call\n  got:  {line}\n  want: {want}"),
+            None => panic!("unscripted call: {line}"),
+        };
         if !out.success() && !cmd.allow_failure {
             return Err(cmd.error("exit status 1", &out.stderr));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+impl Drop for FakeHost {
+    fn drop(&mut self) {
+        let left = lock(&self.expected);
+        if !left.is_empty() && !std::thread::panicking() {
+            let lines: Vec<&str> = left.iter().map(|(l, _)| l.as_str()).collect();
+            panic!("expected calls never made:\n  {}", lines.join("\n  "));
+        }
     }
 }
 

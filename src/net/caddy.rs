@@ -190,7 +190,10 @@ mod tests {
             _ => None,
         })
         .unwrap();
-        let failing = FakeHost::default().answer("/bin/true reload", 1, "");
+        let failing =
+            FakeHost::new()
+                .answer("/bin/true reload", 1, "")
+                .answer("/bin/true reload", 1, "");
         let st = golden_state();
         let first = apply(&failing, &config, &st).unwrap();
         assert!(first.changed);
@@ -198,7 +201,7 @@ mod tests {
         let second = apply(&failing, &config, &st).unwrap();
         assert!(!second.changed);
         assert_eq!(failing.calls().len(), 2, "the owed reload is retried");
-        let working = FakeHost::default();
+        let working = FakeHost::new().answer("/bin/true reload", 0, "");
         let third = apply(&working, &config, &st).unwrap();
         assert!(third.reloaded && third.reload_error.is_none());
         apply(&working, &config, &st).unwrap();

@@ -742,7 +742,9 @@ COMMIT\n"
             "-A PREROUTING -j PIC_CONNECTIVITY\n-A PIC_CONNECTIVITY -s 10.8.0.2/32 -p tcp",
             "-A PIC_CONNECTIVITY -s 10.8.0.2/32 -p tcp",
         );
-        let host = FakeHost::default().answer("/sbin/iptables-save", 0, &save);
+        let host = FakeHost::new()
+            .answer("/sbin/iptables-save", 0, &save)
+            .answer("/sbin/iptables-restore -w 5 --noflush", 0, "");
         let r = apply(&host, &config, &p).unwrap();
         assert_eq!(r.restored, [NAT]);
         assert_eq!(r.unchanged, [FILTER, MANGLE]);

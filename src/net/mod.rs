@@ -327,7 +327,10 @@ pub(crate) mod tests {
     fn a_failing_part_does_not_stop_the_others() {
         let dir = std::env::temp_dir().join(format!("pic-net-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let host = FakeHost::default().answer("/sbin/iptables-save", 1, "");
+        let host = FakeHost::new()
+            .answer("/sbin/iptables-save", 1, "")
+            .answer("/sbin/ip -4 -N -batch -", 0, "")
+            .answer("/sbin/ip -force -batch -", 0, "");
         let report = apply_all(&host, &config(&dir), &golden_state()).unwrap();
         assert!(report.firewall.is_err());
         assert!(report.routing.is_ok());
@@ -341,7 +344,11 @@ pub(crate) mod tests {
     fn dry_run_reports_everything_on_a_bare_host_and_changes_nothing() {
         let dir = std::env::temp_dir().join(format!("pic-net-dry-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let host = FakeHost::default();
+        let host = FakeHost::new().answer("/sbin/iptables-save", 0, "").answer(
+            "/sbin/ip -4 -N -batch -",
+            0,
+            "",
+        );
         let d = dry_run(&host, &config(&dir), &golden_state());
         assert_eq!(
             host.calls(),

@@ -535,20 +535,18 @@ default via 172.20.0.31 dev b0 table 101 \n\
         let in_sync = LIVE
             .replace("10500:\tfrom all fwmark 0x1f4 lookup 150\n", "")
             .replace("6 default table 150 metric 4294967295 \n", "");
-        let host = FakeHost::default().answer("/sbin/ip -4 -N -batch -", 0, &in_sync);
+        let host = FakeHost::new().answer("/sbin/ip -4 -N -batch -", 0, &in_sync);
         let r = apply(&host, &config, &p).unwrap();
         assert_eq!(r.batch, "");
         assert_eq!(host.calls(), ["/sbin/ip -4 -N -batch -"]);
 
-        let mut host = FakeHost::default();
-        host.script.push((
-            "/sbin/ip -force".into(),
-            crate::host::Output {
-                code: Some(1),
-                stdout: String::new(),
-                stderr: "Error: Nexthop has invalid gateway.\nCommand failed -:1\n".into(),
-            },
-        ));
+        let host = FakeHost::new()
+            .answer("/sbin/ip -4 -N -batch -", 0, "")
+            .fail(
+                "/sbin/ip -force -batch -",
+                1,
+                "Error: Nexthop has invalid gateway.\nCommand failed -:1\n",
+            );
         let err = apply(&host, &config, &p).unwrap_err().to_string();
         assert_eq!(
             err,
