@@ -15,6 +15,9 @@ mod service;
 mod settle;
 mod txn;
 
+#[cfg(test)]
+mod tests;
+
 pub(crate) use command::{mode_name, parse_mode, Command, Purge};
 pub use connection::Peer;
 pub(crate) use connection::{

@@ -248,7 +248,7 @@ pub fn install(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<InstallO
         });
     }
     let state = session.state.clone();
-    let (m, mut warnings) = fetch_manifest(ctx, &state, id)?;
+    let (m, warnings) = fetch_manifest(ctx, &state, id)?;
     check_requires(&state, &m)?;
     let template = ctx.store.template(id)?;
     let ip = if m.instanceable {
@@ -258,6 +258,45 @@ pub fn install(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<InstallO
     };
     ctx.say(&format!("{id}: checking the compose template"));
     let (_, doc) = prepare_doc(ctx.host, ctx.config, &m, &template, ip)?;
+    install_checked(
+        ctx,
+        &mut session,
+        Checked {
+            m,
+            template,
+            ip,
+            doc,
+            warnings,
+        },
+    )
+}
+
+/// What an install or an update has checked before its first side effect:
+/// the manifest, its template, the address and the compose document.
+pub(super) struct Checked {
+    pub m: ValidManifest,
+    pub template: String,
+    pub ip: Option<Ipv4Addr>,
+    pub doc: serde_json::Value,
+    pub warnings: Vec<String>,
+}
+
+/// The transaction of an install, once everything is checked: `pending`,
+/// the steps, and on a failure their undo in reverse.
+pub(super) fn install_checked(
+    ctx: &mut Ctx,
+    session: &mut Session,
+    c: Checked,
+) -> Result<InstallOutcome> {
+    let Checked {
+        m,
+        template,
+        ip,
+        doc,
+        mut warnings,
+    } = c;
+    let id = m.id.clone();
+    let state = session.state.clone();
     let project = project::service(ctx.config, id.as_str());
     let data = project::data_dir(ctx.config, id.as_str());
     let made_data_dir = !data.exists();

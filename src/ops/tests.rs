@@ -1,0 +1,549 @@
+//! The transactions at their own layer, against the fake host: each step of
+//! install, update, remove, connection create and delete is made to fail in
+//! turn, and the calls and the state show that exactly the steps before it
+//! were undone; a process killed between two steps (its `pending` and
+//! partial work left behind) is settled by the next lock holder (spec §4).
+
+use super::service::{install_checked, Checked, InstallOutcome, RemoveOutcome};
+use super::*;
+use crate::error::Result;
+use crate::host::FakeHost;
+use crate::ids::ServiceId;
+use crate::manifest::{self, Manifest, ValidManifest, VerificationMode};
+use crate::state::{Connection, InstalledService, Pending, PendingOp, State, StateStore};
+use serde_json::json;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(5);
+const DOCKER: &str = "/fake/docker";
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A state folder of its own, and a configuration whose programs are all
+/// fakes (nothing here could touch the host even by mistake).
+struct Cell {
+    dir: PathBuf,
+    config: Config,
+    store: StoreClient,
+}
+
+impl Cell {
+    fn new(name: &str) -> Cell {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pic-ops-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display().to_string();
+        let config = Config::from_lookup(|k| match k {
+            "PIC_STATE_DIR" => Some(format!("{d}/state")),
+            "PIC_CELL_DIR" => Some(format!("{d}/cell")),
+            "PIC_STORE_INDEX_URL" => Some(format!("file://{d}/store/index.json")),
+            "PIC_CADDYFILE" => Some(format!("{d}/services.caddy")),
+            "PIC_CADDY_RELOAD" => Some(String::new()),
+            "PIC_DOCKER" => Some(DOCKER.into()),
+            "PIC_IPTABLES" => Some("/fake/iptables".into()),
+            "PIC_IPTABLES_SAVE" => Some("/fake/iptables-save".into()),
+            "PIC_IPTABLES_RESTORE" => Some("/fake/iptables-restore".into()),
+            "PIC_IP" => Some("/fake/ip".into()),
+            "PIC_COSIGN" => Some("/fake/cosign".into()),
+            _ => None,
+        })
+        .unwrap();
+        let store = StoreClient::from_config(&config);
+        Cell { dir, config, store }
+    }
+
+    fn run<T>(&self, host: &FakeHost, f: impl FnOnce(&mut Ctx) -> T) -> T {
+        let mut progress = |_: &str| {};
+        let mut ctx = Ctx {
+            config: &self.config,
+            host,
+            store: &self.store,
+            progress: &mut progress,
+        };
+        f(&mut ctx)
+    }
+
+    fn state(&self) -> State {
+        StateStore::new(&self.config.state_dir).read().unwrap()
+    }
+
+    /// Writes `state` as the committed state.
+    fn commit(&self, state: &State) {
+        let lock = StateStore::new(&self.config.state_dir).lock(WAIT).unwrap();
+        lock.commit(state).unwrap();
+    }
+}
+
+impl Drop for Cell {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `docker compose` with the project's fixed flags, as the fake sees it.
+fn compose(p: &crate::compose::Project) -> String {
+    format!(
+        "{DOCKER} compose -p {} -f {} --env-file /dev/null",
+        p.name,
+        p.file.display()
+    )
+}
+
+fn ok(host: &FakeHost, line: &str) {
+    host.push(line, 0, "", "");
+}
+
+fn fail(host: &FakeHost, line: &str) {
+    host.push(line, 1, "", "injected failure");
+}
+
+/// The calls `net::apply_all` makes on a bare host: read the firewall,
+/// restore its three tables, read the policy routing and, when there are
+/// connections, apply their rules and routes (no Caddy reload here).
+fn network(host: &FakeHost, connections: bool) {
+    ok(host, "/fake/iptables-save");
+    for _ in 0..3 {
+        ok(host, "/fake/iptables-restore -w 5 --noflush");
+    }
+    ok(host, "/fake/ip -4 -N -batch -");
+    if connections {
+        ok(host, "/fake/ip -force -batch -");
+    }
+}
+
+/// The same, with the firewall read failing: the other parts still run.
+fn network_failing(host: &FakeHost, connections: bool) {
+    fail(host, "/fake/iptables-save");
+    ok(host, "/fake/ip -4 -N -batch -");
+    if connections {
+        ok(host, "/fake/ip -force -batch -");
+    }
+}
+
+fn image() -> String {
+    format!("git.pic.ngo/roof/web:1@{DIGEST}")
+}
+
+fn web_manifest() -> Manifest {
+    let mut m = crate::net::tests::manifest("web");
+    m.image = image();
+    m
+}
+
+fn valid(cell: &Cell, m: &Manifest) -> ValidManifest {
+    let rules = manifest::Rules {
+        image_registry: &cell.config.image_registry,
+        cell_dir: &cell.config.cell_dir,
+        state_dir: &cell.config.state_dir,
+        verification: VerificationMode::Warn,
+        taken: Vec::new(),
+    };
+    let (valid, report) = manifest::validate(&serde_json::to_value(m).unwrap(), &rules);
+    valid.unwrap_or_else(|| panic!("{:?}", report.errors))
+}
+
+const WEB_IP: Ipv4Addr = Ipv4Addr::new(172, 20, 0, 20);
+
+fn installed(m: Manifest) -> InstalledService {
+    InstalledService {
+        manifest: m,
+        ip: Some(WEB_IP),
+        installed_at: 1,
+        image_digest: Some(DIGEST.into()),
+        template: None,
+    }
+}
+
+// --- install ------------------------------------------------------------------
+
+/// The steps of installing `web`, in order: each pushes its calls; the
+/// one made to fail pushes its failing calls instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InstallStep {
+    Network,
+    Pull,
+    ImageCheck,
+    Up,
+    Rules,
+}
+
+const INSTALL_STEPS: [InstallStep; 5] = [
+    InstallStep::Network,
+    InstallStep::Pull,
+    InstallStep::ImageCheck,
+    InstallStep::Up,
+    InstallStep::Rules,
+];
+
+fn install_calls(host: &FakeHost, p: &crate::compose::Project, step: InstallStep, fails: bool) {
+    let inspect = format!("{DOCKER} network inspect --format {{{{.Name}}}} cell-network");
+    match (step, fails) {
+        (InstallStep::Network, false) => ok(host, &inspect),
+        (InstallStep::Network, true) => {
+            fail(host, &inspect);
+            fail(
+                host,
+                &format!(
+                    "{DOCKER} network create --driver bridge --subnet 172.20.0.0/24 cell-network"
+                ),
+            );
+            for _ in 0..20 {
+                fail(host, &inspect);
+            }
+        }
+        (InstallStep::Pull, false) => ok(host, &format!("{} pull", compose(p))),
+        (InstallStep::Pull, true) => fail(host, &format!("{} pull", compose(p))),
+        (InstallStep::ImageCheck, fails) => {
+            let digest = if fails { "sha256:0000" } else { DIGEST };
+            host.push(
+                &format!(
+                    "{DOCKER} image inspect --format {{{{json .RepoDigests}}}} {}",
+                    image()
+                ),
+                0,
+                &format!("[\"git.pic.ngo/roof/web@{digest}\"]"),
+                "",
+            );
+        }
+        (InstallStep::Up, false) => ok(
+            host,
+            &format!("{} up -d --remove-orphans --pull missing", compose(p)),
+        ),
+        (InstallStep::Up, true) => fail(
+            host,
+            &format!("{} up -d --remove-orphans --pull missing", compose(p)),
+        ),
+        (InstallStep::Rules, false) => network(host, false),
+        (InstallStep::Rules, true) => network_failing(host, false),
+    }
+}
+
+fn install_web(cell: &Cell, host: &FakeHost) -> Result<InstallOutcome> {
+    let m = valid(cell, &web_manifest());
+    cell.run(host, |ctx| {
+        let mut session = Session::open(ctx, WAIT)?;
+        let checked = Checked {
+            m,
+            template: String::new(),
+            ip: Some(WEB_IP),
+            doc: json!({"name": "pic-web", "services": {}}),
+            warnings: Vec::new(),
+        };
+        install_checked(ctx, &mut session, checked)
+    })
+}
+
+#[test]
+fn install_undoes_exactly_the_steps_before_the_failing_one() {
+    for (k, failing) in INSTALL_STEPS.iter().enumerate() {
+        let cell = Cell::new("install");
+        let p = project::service(&cell.config, "web");
+        let data = project::data_dir(&cell.config, "web");
+        let host = FakeHost::new();
+        for step in &INSTALL_STEPS[..k] {
+            install_calls(&host, &p, *step, false);
+        }
+        install_calls(&host, &p, *failing, true);
+        // The undo, in reverse: only of what was done.
+        if k > InstallStep::Up as usize {
+            network(&host, false);
+        }
+        if k > InstallStep::Pull as usize + 1 {
+            ok(
+                &host,
+                &format!(
+                    "{} --profile * down --remove-orphans --volumes",
+                    compose(&p)
+                ),
+            );
+        }
+        let err = install_web(&cell, &host).unwrap_err();
+        drop(host); // every expected call was made
+        let state = cell.state();
+        assert!(state.services.is_empty(), "{failing:?}: {err}");
+        assert_eq!(state.pending, None, "{failing:?}");
+        assert!(!p.file.exists(), "{failing:?}: compose file left");
+        assert!(!data.exists(), "{failing:?}: data folder left");
+    }
+}
+
+#[test]
+fn install_commits_after_every_step() {
+    let cell = Cell::new("install-ok");
+    let p = project::service(&cell.config, "web");
+    let host = FakeHost::new();
+    for step in INSTALL_STEPS {
+        install_calls(&host, &p, step, false);
+    }
+    let out = install_web(&cell, &host).unwrap();
+    drop(host);
+    assert_eq!(out.image_digest.as_deref(), Some(DIGEST));
+    let state = cell.state();
+    assert_eq!(state.services["web"].ip, Some(WEB_IP));
+    assert_eq!(state.pending, None);
+    assert!(p.file.exists());
+    assert!(project::data_dir(&cell.config, "web").exists());
+}
+
+/// A process killed after `pending` was written (or later) leaves its
+/// partial work; the next lock holder rolls the install back.
+#[test]
+fn an_install_killed_between_steps_is_rolled_back_by_the_next_lock_holder() {
+    for files_made in [false, true] {
+        let cell = Cell::new("install-kill");
+        let p = project::service(&cell.config, "web");
+        let data = project::data_dir(&cell.config, "web");
+        let st = State {
+            pending: Some(Pending::now(
+                PendingOp::Install {
+                    made_data_dir: true,
+                },
+                "web",
+            )),
+            ..State::default()
+        };
+        cell.commit(&st);
+        let host = FakeHost::new();
+        if files_made {
+            std::fs::create_dir_all(&data).unwrap();
+            crate::compose::write_checked(&cell.config, &p.name, &json!({})).unwrap();
+            ok(
+                &host,
+                &format!(
+                    "{} --profile * down --remove-orphans --volumes",
+                    compose(&p)
+                ),
+            );
+        } else {
+            let label = "label=com.docker.compose.project=pic-web";
+            ok(&host, &format!("{DOCKER} ps -aq --filter {label}"));
+            ok(&host, &format!("{DOCKER} network ls -q --filter {label}"));
+        }
+        network(&host, false);
+        cell.run(&host, |ctx| Session::open(ctx, WAIT).map(drop))
+            .unwrap();
+        drop(host);
+        let state = cell.state();
+        assert_eq!(state.pending, None);
+        assert!(state.services.is_empty());
+        assert!(
+            !p.file.exists() && !data.exists(),
+            "files_made {files_made}"
+        );
+    }
+}
+
+// --- remove -------------------------------------------------------------------
+
+/// `web` installed, with its compose file and data folder.
+fn cell_with_web(name: &str) -> Cell {
+    let cell = Cell::new(name);
+    let mut st = State::default();
+    st.services.insert("web".into(), installed(web_manifest()));
+    cell.commit(&st);
+    let p = project::service(&cell.config, "web");
+    crate::compose::write_checked(&cell.config, &p.name, &json!({})).unwrap();
+    std::fs::create_dir_all(project::data_dir(&cell.config, "web")).unwrap();
+    cell
+}
+
+fn remove_web(cell: &Cell, host: &FakeHost, purge: Purge) -> Result<RemoveOutcome> {
+    let id = ServiceId::parse("web").unwrap();
+    cell.run(host, |ctx| remove(ctx, &id, purge, WAIT))
+}
+
+/// A remove is not undone: a failed one keeps the record (the service is
+/// still installed, and the next reapply brings back what was stopped).
+#[test]
+fn a_failed_remove_keeps_the_record_and_stops_at_the_failing_step() {
+    // Compose down fails: nothing else happens.
+    let cell = cell_with_web("remove-down");
+    let p = project::service(&cell.config, "web");
+    let host = FakeHost::new();
+    fail(
+        &host,
+        &format!("{} --profile * down --remove-orphans", compose(&p)),
+    );
+    remove_web(&cell, &host, Purge::KeepData).unwrap_err();
+    drop(host);
+    let state = cell.state();
+    assert!(state.services.contains_key("web") && state.pending.is_none());
+    assert!(p.file.exists());
+
+    // The network step fails: the record stays, the data is kept.
+    let cell = cell_with_web("remove-net");
+    let p = project::service(&cell.config, "web");
+    let host = FakeHost::new();
+    ok(
+        &host,
+        &format!("{} --profile * down --remove-orphans", compose(&p)),
+    );
+    network_failing(&host, false);
+    remove_web(&cell, &host, Purge::KeepData).unwrap_err();
+    drop(host);
+    let state = cell.state();
+    assert!(state.services.contains_key("web") && state.pending.is_none());
+    assert!(project::data_dir(&cell.config, "web").exists());
+}
+
+#[test]
+fn remove_with_purge_deletes_the_data_and_the_record() {
+    let cell = cell_with_web("remove-ok");
+    let p = project::service(&cell.config, "web");
+    let host = FakeHost::new();
+    ok(
+        &host,
+        &format!(
+            "{} --profile * down --remove-orphans --volumes",
+            compose(&p)
+        ),
+    );
+    network(&host, false);
+    let out = remove_web(&cell, &host, Purge::DeleteData).unwrap();
+    drop(host);
+    assert!(out.purged);
+    let state = cell.state();
+    assert!(state.services.is_empty() && state.pending.is_none());
+    assert!(!p.file.exists() && !project::data_dir(&cell.config, "web").exists());
+}
+
+/// A remove killed before or after its compose down is finished by the
+/// next lock holder.
+#[test]
+fn a_remove_killed_between_steps_is_finished_by_the_next_lock_holder() {
+    for down_done in [false, true] {
+        let cell = cell_with_web("remove-kill");
+        let p = project::service(&cell.config, "web");
+        let mut st = cell.state();
+        st.pending = Some(Pending::now(PendingOp::Remove { purge: false }, "web"));
+        cell.commit(&st);
+        let host = FakeHost::new();
+        if down_done {
+            std::fs::remove_file(&p.file).unwrap();
+            let label = "label=com.docker.compose.project=pic-web";
+            ok(&host, &format!("{DOCKER} ps -aq --filter {label}"));
+            ok(&host, &format!("{DOCKER} network ls -q --filter {label}"));
+        } else {
+            ok(
+                &host,
+                &format!("{} --profile * down --remove-orphans", compose(&p)),
+            );
+        }
+        network(&host, false); // the remove's own step
+        network(&host, false); // and the settle's final apply
+        cell.run(&host, |ctx| Session::open(ctx, WAIT).map(drop))
+            .unwrap();
+        drop(host);
+        let state = cell.state();
+        assert!(state.services.is_empty() && state.pending.is_none());
+        assert!(!p.file.exists());
+        assert!(
+            project::data_dir(&cell.config, "web").exists(),
+            "no purge: the data stays"
+        );
+    }
+}
+
+// --- connection delete --------------------------------------------------------
+
+fn proxy_manifest() -> Manifest {
+    let mut m = crate::net::tests::manifest("proxy");
+    m.kind = manifest::Kind::Connectivity;
+    m.instanceable = true;
+    m.connectivity = Some(manifest::Connectivity {
+        mode: manifest::ConnectivityMode::Redirect,
+    });
+    m
+}
+
+fn c1() -> Connection {
+    Connection {
+        service: "proxy".into(),
+        env: Default::default(),
+        fwmark: 0x100,
+        table: 100,
+        port: 12000,
+        ip: Ipv4Addr::new(172, 20, 0, 21),
+        created_at: 1,
+    }
+}
+
+/// `proxy` installed with connection `c1`, its compose file and data.
+fn cell_with_c1(name: &str) -> Cell {
+    let cell = Cell::new(name);
+    let mut st = State::default();
+    let mut svc = installed(proxy_manifest());
+    svc.ip = None;
+    svc.template = Some("services: {}\n".into());
+    st.services.insert("proxy".into(), svc);
+    st.connections.insert("c1".into(), c1());
+    cell.commit(&st);
+    let p = project::instance(&cell.config, "proxy", "c1");
+    crate::compose::write_checked(&cell.config, &p.name, &json!({})).unwrap();
+    std::fs::create_dir_all(crate::compose::data_dir(&cell.config, "proxy", Some("c1"))).unwrap();
+    cell
+}
+
+#[test]
+fn a_failed_connection_delete_keeps_the_connection() {
+    for down_fails in [true, false] {
+        let cell = cell_with_c1("conn-del");
+        let p = project::instance(&cell.config, "proxy", "c1");
+        let host = FakeHost::new();
+        let down = format!(
+            "{} --profile * down --remove-orphans --volumes",
+            compose(&p)
+        );
+        if down_fails {
+            fail(&host, &down);
+        } else {
+            ok(&host, &down);
+            network_failing(&host, false);
+        }
+        let id = ServiceId::parse("c1").unwrap();
+        cell.run(&host, |ctx| connection_remove(ctx, &id, WAIT))
+            .unwrap_err();
+        drop(host);
+        let state = cell.state();
+        assert!(state.connections.contains_key("c1") && state.pending.is_none());
+        assert_eq!(p.file.exists(), down_fails);
+    }
+}
+
+#[test]
+fn a_connection_delete_killed_between_steps_is_finished_by_the_next_lock_holder() {
+    let cell = cell_with_c1("conn-del-kill");
+    let p = project::instance(&cell.config, "proxy", "c1");
+    let mut st = cell.state();
+    st.pending = Some(Pending::now(
+        PendingOp::ConnectionDelete {
+            service: Some("proxy".into()),
+        },
+        "c1",
+    ));
+    cell.commit(&st);
+    let host = FakeHost::new();
+    ok(
+        &host,
+        &format!(
+            "{} --profile * down --remove-orphans --volumes",
+            compose(&p)
+        ),
+    );
+    network(&host, false); // the delete's own step
+    network(&host, false); // and the settle's final apply
+    cell.run(&host, |ctx| Session::open(ctx, WAIT).map(drop))
+        .unwrap();
+    drop(host);
+    let state = cell.state();
+    assert!(state.connections.is_empty() && state.pending.is_none());
+    assert!(!p.file.exists());
+    assert!(!crate::compose::data_dir(&cell.config, "proxy", Some("c1")).exists());
+}
