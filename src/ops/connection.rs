@@ -159,14 +159,6 @@ pub fn connection_add(
         }),
     };
     let doc = compose::prepare(ctx.host, ctx.config, &project.name, &rendered, &cctx)?;
-    let data = vars.data_dir().to_path_buf();
-    session.begin(
-        PendingOp::ConnectionCreate {
-            service: Some(service.to_string()),
-            made_data_dir: !data.exists(),
-        },
-        name.as_str(),
-    )?;
     let conn = Connection {
         service: service.to_string(),
         env,
@@ -176,6 +168,49 @@ pub fn connection_add(
         ip: alloc.ip,
         created_at: files::now_unix(),
     };
+    let checked = CreateChecked {
+        name: name.clone(),
+        conn,
+        doc,
+        data: vars.data_dir().to_path_buf(),
+        container: vars.container_name().to_string(),
+    };
+    create_checked(ctx, &mut session, checked)
+}
+
+/// What a connection create has checked and allocated before its first
+/// side effect.
+pub(super) struct CreateChecked {
+    pub name: ServiceId,
+    pub conn: Connection,
+    pub doc: serde_json::Value,
+    pub data: std::path::PathBuf,
+    pub container: String,
+}
+
+/// The transaction of a connection create, once everything is checked.
+pub(super) fn create_checked(
+    ctx: &mut Ctx,
+    session: &mut Session,
+    c: CreateChecked,
+) -> Result<ConnectionOutcome> {
+    let CreateChecked {
+        name,
+        conn,
+        doc,
+        data,
+        container,
+    } = c;
+    let service = conn.service.clone();
+    let state = session.state.clone();
+    let project = project::instance(ctx.config, &service, name.as_str());
+    session.begin(
+        PendingOp::ConnectionCreate {
+            service: Some(service.clone()),
+            made_data_dir: !data.exists(),
+        },
+        name.as_str(),
+    )?;
     let mut undo = Vec::new();
     let result = (|| -> Result<State> {
         if !data.exists() {
@@ -188,7 +223,7 @@ pub fn connection_add(
             compose::write_checked(ctx.config, &project.name, &doc),
         )?;
         undo.push(Undo::Down(project.clone()));
-        ctx.say(&format!("{name}: starting {}", vars.container_name()));
+        ctx.say(&format!("{name}: starting {container}"));
         step("docker compose up", project::up(ctx, &project))?;
         let mut next = state.clone();
         next.connections.insert(name.to_string(), conn.clone());

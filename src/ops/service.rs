@@ -513,7 +513,7 @@ pub fn update(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<UpdateOut
     let Some(old) = state.services.get(id.as_str()).cloned() else {
         return Err(Error::NotFound(format!("{id} is not installed")));
     };
-    let (m, mut warnings) = fetch_manifest(ctx, &state, id)?;
+    let (m, warnings) = fetch_manifest(ctx, &state, id)?;
     let from_version = old.manifest.version.clone();
     if m.version == old.manifest.version && m.image == old.manifest.image {
         ctx.say(&format!("{id}: already at version {}", m.version));
@@ -532,6 +532,35 @@ pub fn update(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<UpdateOut
         m.version
     ));
     let (_, doc) = prepare_doc(ctx.host, ctx.config, &m, &template, old.ip)?;
+    let checked = Checked {
+        m,
+        template,
+        ip: old.ip,
+        doc,
+        warnings,
+    };
+    update_checked(ctx, &mut session, &old, checked)
+}
+
+/// The transaction of an update, once everything is checked: the new
+/// compose file is staged beside the old one, which is brought back when
+/// a later step fails.
+pub(super) fn update_checked(
+    ctx: &mut Ctx,
+    session: &mut Session,
+    old: &InstalledService,
+    c: Checked,
+) -> Result<UpdateOutcome> {
+    let Checked {
+        m,
+        template,
+        doc,
+        mut warnings,
+        ..
+    } = c;
+    let id = m.id.clone();
+    let state = session.state.clone();
+    let from_version = old.manifest.version.clone();
     let project = project::service(ctx.config, id.as_str());
     let old_doc = files::read_optional(&project.file)?
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());

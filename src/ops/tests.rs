@@ -4,7 +4,10 @@
 //! were undone; a process killed between two steps (its `pending` and
 //! partial work left behind) is settled by the next lock holder (spec §4).
 
-use super::service::{install_checked, Checked, InstallOutcome, RemoveOutcome};
+use super::connection::{create_checked, ConnectionOutcome, CreateChecked};
+use super::service::{
+    install_checked, update_checked, Checked, InstallOutcome, RemoveOutcome, UpdateOutcome,
+};
 use super::*;
 use crate::error::Result;
 use crate::host::FakeHost;
@@ -539,6 +542,279 @@ fn a_connection_delete_killed_between_steps_is_finished_by_the_next_lock_holder(
     );
     network(&host, false); // the delete's own step
     network(&host, false); // and the settle's final apply
+    cell.run(&host, |ctx| Session::open(ctx, WAIT).map(drop))
+        .unwrap();
+    drop(host);
+    let state = cell.state();
+    assert!(state.connections.is_empty() && state.pending.is_none());
+    assert!(!p.file.exists());
+    assert!(!crate::compose::data_dir(&cell.config, "proxy", Some("c1")).exists());
+}
+
+// --- update -------------------------------------------------------------------
+
+const DIGEST2: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpdateStep {
+    Pull,
+    ImageCheck,
+    Up,
+    Rules,
+}
+
+const UPDATE_STEPS: [UpdateStep; 4] = [
+    UpdateStep::Pull,
+    UpdateStep::ImageCheck,
+    UpdateStep::Up,
+    UpdateStep::Rules,
+];
+
+fn image2() -> String {
+    format!("git.pic.ngo/roof/web:2@{DIGEST2}")
+}
+
+fn update_calls(host: &FakeHost, staged: &crate::compose::Project, step: UpdateStep, fails: bool) {
+    let push = |line: String| {
+        if fails {
+            fail(host, &line)
+        } else {
+            ok(host, &line)
+        }
+    };
+    match step {
+        UpdateStep::Pull => push(format!("{} pull", compose(staged))),
+        UpdateStep::ImageCheck => {
+            let digest = if fails { "sha256:0000" } else { DIGEST2 };
+            host.push(
+                &format!(
+                    "{DOCKER} image inspect --format {{{{json .RepoDigests}}}} {}",
+                    image2()
+                ),
+                0,
+                &format!("[\"git.pic.ngo/roof/web@{digest}\"]"),
+                "",
+            );
+        }
+        UpdateStep::Up => push(format!(
+            "{} up -d --remove-orphans --pull missing",
+            compose(staged)
+        )),
+        UpdateStep::Rules if fails => network_failing(host, false),
+        UpdateStep::Rules => network(host, false),
+    }
+}
+
+/// `web` 1 installed, with a compose file that tells the old one apart.
+fn cell_for_update(name: &str) -> Cell {
+    let cell = cell_with_web(name);
+    let p = project::service(&cell.config, "web");
+    crate::compose::write_checked(&cell.config, &p.name, &json!({"old": true})).unwrap();
+    cell
+}
+
+fn update_web(cell: &Cell, host: &FakeHost) -> Result<UpdateOutcome> {
+    let mut m = web_manifest();
+    m.version = "2".into();
+    m.image = image2();
+    let m = valid(cell, &m);
+    cell.run(host, |ctx| {
+        let mut session = Session::open(ctx, WAIT)?;
+        let old = session.state.services["web"].clone();
+        let checked = Checked {
+            m,
+            template: String::new(),
+            ip: old.ip,
+            doc: json!({"new": true}),
+            warnings: Vec::new(),
+        };
+        update_checked(ctx, &mut session, &old, checked)
+    })
+}
+
+fn compose_doc(p: &crate::compose::Project) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(&p.file).unwrap()).unwrap()
+}
+
+#[test]
+fn update_restores_the_old_version_when_a_step_fails() {
+    for (k, failing) in UPDATE_STEPS.iter().enumerate() {
+        let cell = cell_for_update("update");
+        let p = project::service(&cell.config, "web");
+        let staged = project::staged(&cell.config, "web");
+        let host = FakeHost::new();
+        for step in &UPDATE_STEPS[..k] {
+            update_calls(&host, &staged, *step, false);
+        }
+        update_calls(&host, &staged, *failing, true);
+        if k > UpdateStep::Up as usize {
+            network(&host, false);
+        }
+        if k >= UpdateStep::Up as usize {
+            ok(
+                &host,
+                &format!("{} up -d --remove-orphans --pull missing", compose(&p)),
+            );
+        }
+        let err = update_web(&cell, &host).unwrap_err();
+        drop(host);
+        let state = cell.state();
+        assert_eq!(
+            state.services["web"].manifest.version, "1",
+            "{failing:?}: {err}"
+        );
+        assert_eq!(state.pending, None);
+        assert!(!staged.file.exists(), "{failing:?}: staged file left");
+        assert_eq!(compose_doc(&p), json!({"old": true}), "{failing:?}");
+    }
+}
+
+#[test]
+fn update_replaces_the_compose_file_after_every_step() {
+    let cell = cell_for_update("update-ok");
+    let p = project::service(&cell.config, "web");
+    let staged = project::staged(&cell.config, "web");
+    let host = FakeHost::new();
+    for step in UPDATE_STEPS {
+        update_calls(&host, &staged, step, false);
+    }
+    let out = update_web(&cell, &host).unwrap();
+    drop(host);
+    assert!(out.updated && out.to_version == "2");
+    assert_eq!(cell.state().services["web"].manifest.version, "2");
+    assert_eq!(compose_doc(&p), json!({"new": true}));
+    assert!(!staged.file.exists());
+}
+
+/// Killed after the new file took the old one's place (the latest point
+/// before the commit): the next lock holder puts the old file back and
+/// brings the old version up.
+#[test]
+fn an_update_killed_between_steps_is_rolled_back_by_the_next_lock_holder() {
+    let cell = cell_for_update("update-kill");
+    let p = project::service(&cell.config, "web");
+    let staged = project::staged(&cell.config, "web");
+    let mut st = cell.state();
+    st.pending = Some(Pending::now(
+        PendingOp::Update {
+            old_doc: Some(json!({"old": true})),
+        },
+        "web",
+    ));
+    cell.commit(&st);
+    crate::compose::write_checked(&cell.config, &p.name, &json!({"new": true})).unwrap();
+    std::fs::write(&staged.file, b"{}").unwrap();
+    let host = FakeHost::new();
+    ok(
+        &host,
+        &format!("{} up -d --remove-orphans --pull missing", compose(&p)),
+    );
+    network(&host, false);
+    cell.run(&host, |ctx| Session::open(ctx, WAIT).map(drop))
+        .unwrap();
+    drop(host);
+    let state = cell.state();
+    assert_eq!(state.services["web"].manifest.version, "1");
+    assert_eq!(state.pending, None);
+    assert_eq!(compose_doc(&p), json!({"old": true}));
+    assert!(!staged.file.exists());
+}
+
+// --- connection create --------------------------------------------------------
+
+/// `proxy` installed (instanceable), no connection yet.
+fn cell_with_proxy(name: &str) -> Cell {
+    let cell = cell_with_c1(name);
+    let mut st = cell.state();
+    st.connections.clear();
+    cell.commit(&st);
+    let p = project::instance(&cell.config, "proxy", "c1");
+    std::fs::remove_file(&p.file).unwrap();
+    std::fs::remove_dir_all(crate::compose::data_dir(&cell.config, "proxy", Some("c1"))).unwrap();
+    cell
+}
+
+fn create_c1(cell: &Cell, host: &FakeHost) -> Result<ConnectionOutcome> {
+    cell.run(host, |ctx| {
+        let mut session = Session::open(ctx, WAIT)?;
+        let checked = CreateChecked {
+            name: ServiceId::parse("c1").unwrap(),
+            conn: c1(),
+            doc: json!({}),
+            data: crate::compose::data_dir(&cell.config, "proxy", Some("c1")),
+            container: "proxy-c1".into(),
+        };
+        create_checked(ctx, &mut session, checked)
+    })
+}
+
+#[test]
+fn connection_create_undoes_exactly_the_steps_before_the_failing_one() {
+    for up_fails in [true, false] {
+        let cell = cell_with_proxy("conn-new");
+        let p = project::instance(&cell.config, "proxy", "c1");
+        let data = crate::compose::data_dir(&cell.config, "proxy", Some("c1"));
+        let host = FakeHost::new();
+        let up = format!("{} up -d --remove-orphans --pull missing", compose(&p));
+        if up_fails {
+            fail(&host, &up);
+        } else {
+            ok(&host, &up);
+            network_failing(&host, true);
+            network(&host, false); // the undo: the rules without c1
+        }
+        ok(
+            &host,
+            &format!(
+                "{} --profile * down --remove-orphans --volumes",
+                compose(&p)
+            ),
+        );
+        create_c1(&cell, &host).unwrap_err();
+        drop(host);
+        let state = cell.state();
+        assert!(state.connections.is_empty() && state.pending.is_none());
+        assert!(!p.file.exists() && !data.exists(), "up_fails {up_fails}");
+    }
+}
+
+#[test]
+fn connection_create_commits_after_every_step() {
+    let cell = cell_with_proxy("conn-new-ok");
+    let p = project::instance(&cell.config, "proxy", "c1");
+    let host = FakeHost::new();
+    ok(
+        &host,
+        &format!("{} up -d --remove-orphans --pull missing", compose(&p)),
+    );
+    network(&host, true);
+    let out = create_c1(&cell, &host).unwrap();
+    drop(host);
+    assert_eq!((out.fwmark, out.table, out.port), (0x100, 100, 12000));
+    assert_eq!(cell.state().connections["c1"], c1());
+    assert!(p.file.exists());
+}
+
+#[test]
+fn a_connection_create_killed_between_steps_is_rolled_back_by_the_next_lock_holder() {
+    let cell = cell_with_c1("conn-new-kill");
+    let p = project::instance(&cell.config, "proxy", "c1");
+    let mut st = cell.state();
+    st.connections.clear();
+    st.pending = Some(Pending::now(
+        PendingOp::ConnectionCreate {
+            service: Some("proxy".into()),
+            made_data_dir: true,
+        },
+        "c1",
+    ));
+    cell.commit(&st);
+    let host = FakeHost::new();
+    // The compose file goes first, so its containers go by their label.
+    let label = "label=com.docker.compose.project=pic-proxy-c1";
+    ok(&host, &format!("{DOCKER} ps -aq --filter {label}"));
+    ok(&host, &format!("{DOCKER} network ls -q --filter {label}"));
+    network(&host, false);
     cell.run(&host, |ctx| Session::open(ctx, WAIT).map(drop))
         .unwrap();
     drop(host);
