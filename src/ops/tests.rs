@@ -5,6 +5,7 @@
 //! partial work left behind) is settled by the next lock holder (spec §4).
 
 use super::connection::{create_checked, ConnectionOutcome, CreateChecked};
+use super::project::Volumes;
 use super::service::{
     install_checked, update_checked, Checked, InstallOutcome, RemoveOutcome, UpdateOutcome,
 };
@@ -97,6 +98,34 @@ fn compose(p: &crate::compose::Project) -> String {
         p.name,
         p.file.display()
     )
+}
+
+fn up(p: &crate::compose::Project) -> String {
+    format!("{} up -d --remove-orphans --pull missing", compose(p))
+}
+
+fn down(p: &crate::compose::Project, volumes: Volumes) -> String {
+    let also = if volumes == Volumes::Remove {
+        " --volumes"
+    } else {
+        ""
+    };
+    format!("{} --profile * down --remove-orphans{also}", compose(p))
+}
+
+/// A project without its compose file goes by its label.
+fn removed_by_label(host: &FakeHost, project: &str) {
+    let label = format!("label=com.docker.compose.project={project}");
+    ok(host, &format!("{DOCKER} ps -aq --filter {label}"));
+    ok(host, &format!("{DOCKER} network ls -q --filter {label}"));
+}
+
+/// Takes the lock as the next process would, settling what is pending;
+/// then checks every expected call was made.
+fn next_lock_holder(cell: &Cell, host: FakeHost) {
+    cell.run(&host, |ctx| Session::open(ctx, WAIT).map(drop))
+        .unwrap();
+    drop(host);
 }
 
 fn ok(host: &FakeHost, line: &str) {
@@ -215,14 +244,8 @@ fn install_calls(host: &FakeHost, p: &crate::compose::Project, step: InstallStep
                 "",
             );
         }
-        (InstallStep::Up, false) => ok(
-            host,
-            &format!("{} up -d --remove-orphans --pull missing", compose(p)),
-        ),
-        (InstallStep::Up, true) => fail(
-            host,
-            &format!("{} up -d --remove-orphans --pull missing", compose(p)),
-        ),
+        (InstallStep::Up, false) => ok(host, &up(p)),
+        (InstallStep::Up, true) => fail(host, &up(p)),
         (InstallStep::Rules, false) => network(host, false),
         (InstallStep::Rules, true) => network_failing(host, false),
     }
@@ -259,13 +282,7 @@ fn install_undoes_exactly_the_steps_before_the_failing_one() {
             network(&host, false);
         }
         if k > InstallStep::Pull as usize + 1 {
-            ok(
-                &host,
-                &format!(
-                    "{} --profile * down --remove-orphans --volumes",
-                    compose(&p)
-                ),
-            );
+            ok(&host, &down(&p, Volumes::Remove));
         }
         let err = install_web(&cell, &host).unwrap_err();
         drop(host); // every expected call was made
@@ -317,22 +334,12 @@ fn an_install_killed_between_steps_is_rolled_back_by_the_next_lock_holder() {
         if files_made {
             std::fs::create_dir_all(&data).unwrap();
             crate::compose::write_checked(&cell.config, &p.name, &json!({})).unwrap();
-            ok(
-                &host,
-                &format!(
-                    "{} --profile * down --remove-orphans --volumes",
-                    compose(&p)
-                ),
-            );
+            ok(&host, &down(&p, Volumes::Remove));
         } else {
-            let label = "label=com.docker.compose.project=pic-web";
-            ok(&host, &format!("{DOCKER} ps -aq --filter {label}"));
-            ok(&host, &format!("{DOCKER} network ls -q --filter {label}"));
+            removed_by_label(&host, "pic-web");
         }
         network(&host, false);
-        cell.run(&host, |ctx| Session::open(ctx, WAIT).map(drop))
-            .unwrap();
-        drop(host);
+        next_lock_holder(&cell, host);
         let state = cell.state();
         assert_eq!(state.pending, None);
         assert!(state.services.is_empty());
@@ -370,10 +377,7 @@ fn a_failed_remove_keeps_the_record_and_stops_at_the_failing_step() {
     let cell = cell_with_web("remove-down");
     let p = project::service(&cell.config, "web");
     let host = FakeHost::new();
-    fail(
-        &host,
-        &format!("{} --profile * down --remove-orphans", compose(&p)),
-    );
+    fail(&host, &down(&p, Volumes::Keep));
     remove_web(&cell, &host, Purge::KeepData).unwrap_err();
     drop(host);
     let state = cell.state();
@@ -384,10 +388,7 @@ fn a_failed_remove_keeps_the_record_and_stops_at_the_failing_step() {
     let cell = cell_with_web("remove-net");
     let p = project::service(&cell.config, "web");
     let host = FakeHost::new();
-    ok(
-        &host,
-        &format!("{} --profile * down --remove-orphans", compose(&p)),
-    );
+    ok(&host, &down(&p, Volumes::Keep));
     network_failing(&host, false);
     remove_web(&cell, &host, Purge::KeepData).unwrap_err();
     drop(host);
@@ -401,13 +402,7 @@ fn remove_with_purge_deletes_the_data_and_the_record() {
     let cell = cell_with_web("remove-ok");
     let p = project::service(&cell.config, "web");
     let host = FakeHost::new();
-    ok(
-        &host,
-        &format!(
-            "{} --profile * down --remove-orphans --volumes",
-            compose(&p)
-        ),
-    );
+    ok(&host, &down(&p, Volumes::Remove));
     network(&host, false);
     let out = remove_web(&cell, &host, Purge::DeleteData).unwrap();
     drop(host);
@@ -430,20 +425,13 @@ fn a_remove_killed_between_steps_is_finished_by_the_next_lock_holder() {
         let host = FakeHost::new();
         if down_done {
             std::fs::remove_file(&p.file).unwrap();
-            let label = "label=com.docker.compose.project=pic-web";
-            ok(&host, &format!("{DOCKER} ps -aq --filter {label}"));
-            ok(&host, &format!("{DOCKER} network ls -q --filter {label}"));
+            removed_by_label(&host, "pic-web");
         } else {
-            ok(
-                &host,
-                &format!("{} --profile * down --remove-orphans", compose(&p)),
-            );
+            ok(&host, &down(&p, Volumes::Keep));
         }
         network(&host, false); // the remove's own step
         network(&host, false); // and the settle's final apply
-        cell.run(&host, |ctx| Session::open(ctx, WAIT).map(drop))
-            .unwrap();
-        drop(host);
+        next_lock_holder(&cell, host);
         let state = cell.state();
         assert!(state.services.is_empty() && state.pending.is_none());
         assert!(!p.file.exists());
@@ -500,10 +488,7 @@ fn a_failed_connection_delete_keeps_the_connection() {
         let cell = cell_with_c1("conn-del");
         let p = project::instance(&cell.config, "proxy", "c1");
         let host = FakeHost::new();
-        let down = format!(
-            "{} --profile * down --remove-orphans --volumes",
-            compose(&p)
-        );
+        let down = down(&p, Volumes::Remove);
         if down_fails {
             fail(&host, &down);
         } else {
@@ -533,18 +518,10 @@ fn a_connection_delete_killed_between_steps_is_finished_by_the_next_lock_holder(
     ));
     cell.commit(&st);
     let host = FakeHost::new();
-    ok(
-        &host,
-        &format!(
-            "{} --profile * down --remove-orphans --volumes",
-            compose(&p)
-        ),
-    );
+    ok(&host, &down(&p, Volumes::Remove));
     network(&host, false); // the delete's own step
     network(&host, false); // and the settle's final apply
-    cell.run(&host, |ctx| Session::open(ctx, WAIT).map(drop))
-        .unwrap();
-    drop(host);
+    next_lock_holder(&cell, host);
     let state = cell.state();
     assert!(state.connections.is_empty() && state.pending.is_none());
     assert!(!p.file.exists());
@@ -596,10 +573,7 @@ fn update_calls(host: &FakeHost, staged: &crate::compose::Project, step: UpdateS
                 "",
             );
         }
-        UpdateStep::Up => push(format!(
-            "{} up -d --remove-orphans --pull missing",
-            compose(staged)
-        )),
+        UpdateStep::Up => push(up(staged)),
         UpdateStep::Rules if fails => network_failing(host, false),
         UpdateStep::Rules => network(host, false),
     }
@@ -710,9 +684,7 @@ fn an_update_killed_between_steps_is_rolled_back_by_the_next_lock_holder() {
         &format!("{} up -d --remove-orphans --pull missing", compose(&p)),
     );
     network(&host, false);
-    cell.run(&host, |ctx| Session::open(ctx, WAIT).map(drop))
-        .unwrap();
-    drop(host);
+    next_lock_holder(&cell, host);
     let state = cell.state();
     assert_eq!(state.services["web"].manifest.version, "1");
     assert_eq!(state.pending, None);
@@ -763,13 +735,7 @@ fn connection_create_undoes_exactly_the_steps_before_the_failing_one() {
             network_failing(&host, true);
             network(&host, false); // the undo: the rules without c1
         }
-        ok(
-            &host,
-            &format!(
-                "{} --profile * down --remove-orphans --volumes",
-                compose(&p)
-            ),
-        );
+        ok(&host, &down(&p, Volumes::Remove));
         create_c1(&cell, &host).unwrap_err();
         drop(host);
         let state = cell.state();
@@ -811,13 +777,9 @@ fn a_connection_create_killed_between_steps_is_rolled_back_by_the_next_lock_hold
     cell.commit(&st);
     let host = FakeHost::new();
     // The compose file goes first, so its containers go by their label.
-    let label = "label=com.docker.compose.project=pic-proxy-c1";
-    ok(&host, &format!("{DOCKER} ps -aq --filter {label}"));
-    ok(&host, &format!("{DOCKER} network ls -q --filter {label}"));
+    removed_by_label(&host, "pic-proxy-c1");
     network(&host, false);
-    cell.run(&host, |ctx| Session::open(ctx, WAIT).map(drop))
-        .unwrap();
-    drop(host);
+    next_lock_holder(&cell, host);
     let state = cell.state();
     assert!(state.connections.is_empty() && state.pending.is_none());
     assert!(!p.file.exists());
