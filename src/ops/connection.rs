@@ -4,25 +4,20 @@
 //! redirect port and pool address; create and delete are transactions like
 //! install and remove.
 
+use super::alloc::allocate;
 use super::project::{self, Volumes};
-use super::service::{allocate_ip, apply_network};
-use super::txn::{step, undo_all, Session, Undo};
+use super::txn::{apply_network, step, undo_all, Session, Undo};
 use super::Ctx;
 use crate::compose::{self, CheckContext, InstanceCtx, Vars};
 use crate::error::{Error, Result};
 use crate::files;
-use crate::host::Cmd;
 use crate::ids::ServiceId;
 use crate::manifest::{self, VerificationMode};
 use crate::state::{Connection, Pending, PendingOp, State};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
-
-pub const FWMARKS: std::ops::RangeInclusive<u32> = 0x100..=0x1ff;
-pub const TABLES: std::ops::RangeInclusive<u32> = 100..=199;
-pub const PORTS: std::ops::RangeInclusive<u16> = 12000..=12999;
 
 #[derive(Debug, Serialize)]
 pub struct ConnectionOutcome {
@@ -32,53 +27,6 @@ pub struct ConnectionOutcome {
     pub table: u32,
     pub port: u16,
     pub ip: Ipv4Addr,
-}
-
-/// The values a new connection gets: each the lowest free one.
-struct Allocation {
-    fwmark: u32,
-    table: u32,
-    port: u16,
-    ip: Ipv4Addr,
-}
-
-/// Marks and tables in use on the host (any `ip rule`), read once.
-fn host_marks_and_tables(ctx: &Ctx) -> Result<(BTreeSet<u32>, BTreeSet<u32>)> {
-    let out = ctx.host.run(
-        &Cmd::new(&ctx.config.ip)
-            .args(["rule", "show"])
-            .timeout(Duration::from_secs(30)),
-    )?;
-    Ok(crate::net::routing::used_marks_and_tables(&out.stdout))
-}
-
-/// Whether a TCP port can be bound here, i.e. nothing listens on it.
-fn port_free(port: u16) -> bool {
-    std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
-}
-
-fn allocate(ctx: &mut Ctx, state: &State) -> Result<Allocation> {
-    let (host_marks, host_tables) = host_marks_and_tables(ctx)?;
-    let conns: Vec<&Connection> = state.connections.values().collect();
-    let fwmark = FWMARKS
-        .clone()
-        .find(|m| !host_marks.contains(m) && !conns.iter().any(|c| c.fwmark == *m))
-        .ok_or_else(|| Error::Conflict("no free firewall mark left (0x100-0x1ff)".into()))?;
-    let table = TABLES
-        .clone()
-        .find(|t| !host_tables.contains(t) && !conns.iter().any(|c| c.table == *t))
-        .ok_or_else(|| Error::Conflict("no free routing table left (100-199)".into()))?;
-    let port = PORTS
-        .clone()
-        .find(|p| !conns.iter().any(|c| c.port == *p) && port_free(*p))
-        .ok_or_else(|| Error::Conflict("no free redirect port left (12000-12999)".into()))?;
-    let ip = allocate_ip(ctx, state)?;
-    Ok(Allocation {
-        fwmark,
-        table,
-        port,
-        ip,
-    })
 }
 
 /// Checks the env a person gave: names the manifest declares, safe values.

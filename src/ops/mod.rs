@@ -7,6 +7,7 @@
 //! `txn.rs` holds the transaction machinery, `project.rs` the compose
 //! project lifecycle.
 
+mod alloc;
 mod command;
 mod connection;
 mod project;

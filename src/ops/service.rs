@@ -2,8 +2,9 @@
 //! transaction: checks first, `pending` before the first side effect, and
 //! every completed step undone in reverse when a later one fails.
 
+use super::alloc::allocate_ip;
 use super::project::{self, Volumes};
-use super::txn::{step, undo_all, Session, Undo};
+use super::txn::{apply_network, step, undo_all, Session, Undo};
 use super::{Ctx, Purge};
 use crate::compose::{self, CheckContext, InstanceCtx, Project, Vars};
 use crate::config::Config;
@@ -91,28 +92,6 @@ fn check_requires(state: &State, m: &ValidManifest) -> Result<()> {
         missing.join(", "),
         if missing.len() == 1 { "is" } else { "are" }
     )))
-}
-
-/// The lowest pool address that neither the state nor a container on the
-/// cell network holds.
-pub(crate) fn allocate_ip(ctx: &mut Ctx, state: &State) -> Result<Ipv4Addr> {
-    let on_network = docker::network_ips(ctx.host, ctx.config)?;
-    let in_state: Vec<Ipv4Addr> = state
-        .services
-        .values()
-        .filter_map(|s| s.ip)
-        .chain(state.connections.values().map(|c| c.ip))
-        .collect();
-    ctx.config
-        .service_pool
-        .iter()
-        .find(|ip| !in_state.contains(ip) && !on_network.contains(ip))
-        .ok_or_else(|| {
-            Error::Conflict(format!(
-                "no free address left in the service pool {}",
-                ctx.config.service_pool
-            ))
-        })
 }
 
 /// Renders and checks the template. An instanceable service's template is
@@ -409,16 +388,6 @@ fn install_steps(
         apply_network(ctx, &next),
     )?;
     Ok(next)
-}
-
-/// Programs the network for `state`; a Caddy reload failure is reported,
-/// not fatal.
-pub(crate) fn apply_network(ctx: &mut Ctx, state: &State) -> Result<()> {
-    let report = crate::net::apply_all(ctx.host, ctx.config, state)?;
-    for line in report.problems() {
-        ctx.say(&line);
-    }
-    report.fatal()
 }
 
 pub fn remove(

@@ -60,7 +60,7 @@ pub fn settle(ctx: &mut Ctx, state: &State, pending: &Pending) -> Result<State> 
             super::connection::settle_connection(ctx, &mut next, pending);
         }
     }
-    log_err(service::apply_network(ctx, &next));
+    log_err(super::txn::apply_network(ctx, &next));
     Ok(next)
 }
 

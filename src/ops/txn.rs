@@ -61,7 +61,7 @@ impl Session {
     /// killed between applying a route and committing it (or the other way
     /// round) leaves the kernel and the state apart until this runs.
     pub fn reconcile_network(&self, ctx: &mut Ctx) -> Result<()> {
-        super::service::apply_network(ctx, &self.state)
+        apply_network(ctx, &self.state)
     }
 
     /// Records `pending` before the operation's first side effect.
@@ -146,4 +146,14 @@ pub(crate) fn undo_all(ctx: &mut Ctx, undo: Vec<Undo>) {
             log::error!("undo failed: {e}");
         }
     }
+}
+
+/// Programs the network for `state`; a Caddy reload failure is reported,
+/// not fatal.
+pub(crate) fn apply_network(ctx: &mut Ctx, state: &State) -> Result<()> {
+    let report = crate::net::apply_all(ctx.host, ctx.config, state)?;
+    for line in report.problems() {
+        ctx.say(&line);
+    }
+    report.fatal()
 }
