@@ -210,7 +210,7 @@ fn lockout(count: u32) -> Duration {
 // --- requests: the API token, the admin page's login, forms ------------------
 
 /// Outcome of presenting the API token.
-pub enum TokenCheck {
+pub(super) enum TokenCheck {
     Right,
     Wrong,
     /// The address sent too many wrong ones; retry after this many seconds.
@@ -219,7 +219,7 @@ pub enum TokenCheck {
 
 /// Checks a presented token against the API token under the per-address
 /// throttle, logging every wrong one.
-pub fn check_token(app: &App, req: &Req, given: &str) -> TokenCheck {
+pub(super) fn check_token(app: &App, req: &Req, given: &str) -> TokenCheck {
     let ip = req.client();
     if let Some(wait) = app.throttle.wait(ip) {
         log::warn!("token attempt from {ip} on {} refused: throttled", req.path);
@@ -235,7 +235,7 @@ pub fn check_token(app: &App, req: &Req, given: &str) -> TokenCheck {
 }
 
 /// `Authorization: Bearer <token>` for every `/api/*` path.
-pub fn api_auth(app: &App, req: &Req) -> Result<(), Resp> {
+pub(super) fn api_auth(app: &App, req: &Req) -> Result<(), Resp> {
     let Some(given) = bearer(req.header("Authorization")) else {
         return Err(
             Resp::error(401, "authorization required: Bearer <token>", vec![])
@@ -256,14 +256,14 @@ pub fn api_auth(app: &App, req: &Req) -> Result<(), Resp> {
 }
 
 /// The session a request's cookie names, with its CSRF token.
-pub fn session(app: &App, req: &Req) -> Option<(String, String)> {
+pub(super) fn session(app: &App, req: &Req) -> Option<(String, String)> {
     let id = cookie(req.header("Cookie"), COOKIE)?;
     let csrf = app.sessions.csrf(id)?;
     Some((id.to_string(), csrf))
 }
 
 /// `GET /login`: `?token=` logs in; otherwise the form.
-pub fn login_get(app: &App, req: &Req, _: &[&str]) -> Resp {
+pub(super) fn login_get(app: &App, req: &Req, _: &[&str]) -> Resp {
     match req.query_param("token") {
         Some(token) => log_in(app, req, &token),
         None if session(app, req).is_some() => Resp::see_other("/"),
@@ -272,7 +272,7 @@ pub fn login_get(app: &App, req: &Req, _: &[&str]) -> Resp {
 }
 
 /// `POST /login`: the form's token.
-pub fn login_post(app: &App, req: &Req, _: &[&str]) -> Resp {
+pub(super) fn login_post(app: &App, req: &Req, _: &[&str]) -> Resp {
     if !same_origin(app, req) {
         return refused(403, "cross-site login refused", &[]);
     }
@@ -307,7 +307,7 @@ fn log_in(app: &App, req: &Req, token: &str) -> Resp {
 }
 
 /// `POST /logout` (with the session's CSRF token).
-pub fn logout(app: &App, req: &Req, _: &[&str]) -> Resp {
+pub(super) fn logout(app: &App, req: &Req, _: &[&str]) -> Resp {
     let Some((id, csrf)) = session(app, req) else {
         return Resp::see_other("/login");
     };
@@ -323,7 +323,7 @@ pub fn logout(app: &App, req: &Req, _: &[&str]) -> Resp {
 
 /// The session's CSRF token must be in the form, and an `Origin`, when the
 /// browser sends one, must be this server.
-pub fn check_form(
+pub(super) fn check_form(
     app: &App,
     req: &Req,
     csrf: &str,
