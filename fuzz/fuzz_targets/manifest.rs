@@ -99,11 +99,13 @@ fn keeps_the_rules(m: &Manifest, verification: VerificationMode) {
             );
             // The allow-list: under a root by whole components, or a
             // time file read-only.
-            let under_root = roots
-                .iter()
-                .any(|r| Path::new(&p).starts_with(r));
+            let under_root = roots.iter().any(|r| Path::new(&p).starts_with(r));
             let time_file = manifest::TIME_FILES.contains(&p.as_str()) && v.read_only;
-            assert!(under_root || time_file, "mount {:?} is outside the roots", v.mount);
+            assert!(
+                under_root || time_file,
+                "mount {:?} is outside the roots",
+                v.mount
+            );
         } else {
             // `..` as a path component: `st..e` is a plain name.
             assert!(
@@ -126,7 +128,11 @@ fn keeps_the_rules(m: &Manifest, verification: VerificationMode) {
             "backend {backend:?} reaches the cell"
         );
     }
-    assert!(m.helper_images.len() <= 8, "{} helper images", m.helper_images.len());
+    assert!(
+        m.helper_images.len() <= 8,
+        "{} helper images",
+        m.helper_images.len()
+    );
     for (key, image) in &m.helper_images {
         assert!(
             key.len() <= 16 && key.starts_with(|c: char| c.is_ascii_lowercase()),
@@ -137,7 +143,11 @@ fn keeps_the_rules(m: &Manifest, verification: VerificationMode) {
     assert!(m.settings.len() <= 32, "{} settings", m.settings.len());
     for s in &m.settings {
         assert!(is_env_name(&s.name), "setting name {:?}", s.name);
-        assert!(!m.env.iter().any(|e| e.name == s.name), "setting {:?} is an env name", s.name);
+        assert!(
+            !m.env.iter().any(|e| e.name == s.name),
+            "setting {:?} is an env name",
+            s.name
+        );
         if let Some(d) = &s.default {
             assert!(is_env_value(d), "setting default {d:?}");
         }
