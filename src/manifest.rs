@@ -313,8 +313,9 @@ const MAX_SETTINGS: usize = 32;
 const MAX_CHOICES: usize = 32;
 /// Rule 15: the length of a generated secret.
 const GENERATE_RANGE: std::ops::RangeInclusive<u64> = 16..=64;
-/// How much of an offending value an error message quotes.
-const QUOTE_BYTES: usize = 160;
+/// How much of an offending value an error message quotes: enough for
+/// the longest image reference docker takes, so none is cut mid-digest.
+const QUOTE_BYTES: usize = 460;
 
 /// Validates a manifest given as JSON. The manifest comes back only when
 /// there is no error; the report always lists every problem found.
@@ -2762,7 +2763,7 @@ mod tests {
             let (valid, report) = validate(input, &rules);
             assert!(valid.is_none());
             assert!(report.has_errors());
-            assert!(report.errors.iter().all(|e| e.len() < 1024), "{report:#?}");
+            assert!(report.errors.iter().all(|e| e.len() < 1536), "{report:#?}");
         }
     }
 
@@ -2854,6 +2855,25 @@ mod tests {
         };
         let msg = host_path_problem("/srv/a", Access::ReadWrite, &no_roots);
         assert!(msg.is_some_and(|m| m.contains("allowed are none")));
+    }
+
+    #[test]
+    fn long_image_references_are_quoted_whole() {
+        let env = env();
+        let image = format!(
+            "evil.example/{}:{}@sha256:{DIGEST}",
+            "a".repeat(240),
+            "t".repeat(120)
+        );
+        let m = patched(service_base(), &json!({"image": image}).to_string());
+        let (_, report) = validate(&m, &rules(&env));
+        assert!(
+            report
+                .errors
+                .iter()
+                .any(|e| e.contains(&format!("{image:?}"))),
+            "{report:#?}"
+        );
     }
 
     #[test]
