@@ -34,6 +34,13 @@ services:
     networks:
       - backend
     restart: unless-stopped
+  admin:
+    image: ${IMAGE_ADMIN}
+    container_name: ${CONTAINER_NAME}-admin
+    command: ["sleep", "3600"]
+    profiles: [debug]
+    networks:
+      - backend
 networks:
   ${NETWORK}:
     external: true
@@ -41,15 +48,25 @@ networks:
     internal: true
 "#;
 
+/// `admin` runs only under a profile that is off by default: its image is
+/// still pulled and checked at install, and its container never started.
 fn manifest(id: &str, web: &str, db: &str) -> Value {
     json!({
         "id": id, "name": format!("Test {id}"), "version": "1.0", "author": "tests",
         "image": web,
         "container_name": format!("pt-{id}"),
-        "helper_images": {"db": db},
+        "helper_images": {"db": db, "admin": admin_image()},
         "iptables_rules": [{"type": "ACCEPT", "dest_ip": "${SERVICE_IP}", "dest_port": 8080}],
         "subdomain": id, "backend": format!("pt-{id}:8080")
     })
+}
+
+fn admin_image() -> String {
+    image_ref(
+        "helperadmin",
+        "1",
+        &image("helperadmin", "1", &["sleep", "3600"]),
+    )
 }
 
 struct Cell {
@@ -136,6 +153,12 @@ fn an_app_with_a_database_helper_installs_runs_and_leaves_nothing() {
     let project = format!("pic-{id}");
     remove_compose_project(&project);
     cell.store.add(id, manifest(id, &web, &db), APP_WITH_DB);
+    // The profiled helper's image is only in the registry: install must
+    // pull it itself.
+    let admin = admin_image();
+    let image_id = docker(&["image", "inspect", "--format", "{{.Id}}", &admin]);
+    let image_id = String::from_utf8_lossy(&image_id.stdout).trim().to_string();
+    ok(&docker(&["image", "rm", "-f", &image_id]));
     // cosign is not packaged here: a stand-in that records what it was
     // asked to verify and accepts it.
     let cosign_log = cell.dir.join("cosign.log");
@@ -156,7 +179,7 @@ fn an_app_with_a_database_helper_installs_runs_and_leaves_nothing() {
 
     let out = ok(&cell.run(&["install", id]));
     let verified = fs::read_to_string(&cosign_log).unwrap_or_default();
-    for image in [&web, &db] {
+    for image in [&web, &db, &admin] {
         assert!(
             verified.contains(&format!("verify --key {} {image}", key.display())),
             "cosign verified {image}\n{verified}"
@@ -166,6 +189,12 @@ fn an_app_with_a_database_helper_installs_runs_and_leaves_nothing() {
     let (main, helper) = (format!("pt-{id}"), format!("pt-{id}-db"));
     assert!(running(&main), "the app runs");
     assert!(running(&helper), "the database helper runs");
+    assert!(
+        !compose_project_containers(&project)
+            .iter()
+            .any(|c| c.contains("admin")),
+        "the profiled helper stays off"
+    );
     // The helper stays on the project's own network.
     assert_eq!(networks_of(&helper), format!("{project}_backend"));
     assert!(networks_of(&main).contains("cell-network"));

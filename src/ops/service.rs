@@ -319,6 +319,12 @@ fn verify_one_image(
         .cloned();
     let digest = match (pin, &found) {
         (Some(_), Some(d)) => d.split_once('@').map(|(_, h)| h.to_string()),
+        (Some(_), None) if digests.is_empty() => {
+            return Err(Error::failed(
+                "image check",
+                format!("{image} is not there after the pull"),
+            ))
+        }
         (Some(p), None) => {
             return Err(Error::failed(
                 "image check",
