@@ -1,17 +1,19 @@
 //! Compose rendering and checking (spec §7): a store template becomes a
 //! compose file pic-store is willing to bring up.
 //!
-//! The pipeline is [`render`] (textual `${NAME}` substitution, any other `$`
-//! refused) → [`textual_refusals`] (keys that make compose read host files)
-//! → [`convert`] (`docker compose config`, the only YAML parser involved)
-//! → [`check`] (the allow-list, every problem listed) → [`finalize`] (the
-//! cell-network attachment is pic-store's, whatever the template said).
+//! The pipeline is [`render`] (full-line comments emptied, textual `${NAME}`
+//! substitution, any other `$` refused) → [`textual_refusals`] (keys that
+//! make compose read host files) → [`convert`] (`docker compose config`, the only YAML parser involved)
+//! → [`check`] (the allow-list, every problem listed, with what is allowed
+//! instead) → [`finalize`] (the cell-network attachment is pic-store's,
+//! whatever the template said; read-only manifest volumes mounted `:ro`).
 //! [`prepare`] runs the whole chain; [`write_checked`] stores the result
 //! where every later compose call ([`compose_cmd`]) reads it.
 //!
 //! Everything here is pure except [`convert`] (one `docker compose config`
 //! through [`Host`]) and [`write_checked`]. Unit tests are at the bottom;
-//! `tests/compose_check.rs` runs the real compose over `tests/compose_corpus/`.
+//! `tests/compose_check.rs` runs the real compose over `tests/compose_corpus/`,
+//! and `tests/cli.rs` runs `pic-store validate` over `tests/compose_corpus/apps/`.
 
 use crate::config::Config;
 use crate::error::{stderr_tail, Error, Result};
