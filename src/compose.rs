@@ -1,17 +1,19 @@
 //! Compose rendering and checking (spec §7): a store template becomes a
 //! compose file pic-store is willing to bring up.
 //!
-//! The pipeline is [`render`] (textual `${NAME}` substitution, any other `$`
-//! refused) → [`textual_refusals`] (keys that make compose read host files)
-//! → [`convert`] (`docker compose config`, the only YAML parser involved)
-//! → [`check`] (the allow-list, every problem listed) → [`finalize`] (the
-//! cell-network attachment is pic-store's, whatever the template said).
+//! The pipeline is [`render`] (full-line comments emptied, textual `${NAME}`
+//! substitution, any other `$` refused) → [`textual_refusals`] (keys that
+//! make compose read host files) → [`convert`] (`docker compose config`, the only YAML parser involved)
+//! → [`check`] (the allow-list, every problem listed, with what is allowed
+//! instead) → [`finalize`] (the cell-network attachment is pic-store's,
+//! whatever the template said; read-only manifest volumes mounted `:ro`).
 //! [`prepare`] runs the whole chain; [`write_checked`] stores the result
 //! where every later compose call ([`compose_cmd`]) reads it.
 //!
 //! Everything here is pure except [`convert`] (one `docker compose config`
 //! through [`Host`]) and [`write_checked`]. Unit tests are at the bottom;
-//! `tests/compose_check.rs` runs the real compose over `tests/compose_corpus/`.
+//! `tests/compose_check.rs` runs the real compose over `tests/compose_corpus/`,
+//! and `tests/cli.rs` runs `pic-store validate` over `tests/compose_corpus/apps/`.
 
 use crate::config::Config;
 use crate::error::{stderr_tail, Error, Result};
@@ -76,6 +78,17 @@ impl Vars {
             .iter()
             .map(|e| (e.name.clone(), e.value.clone()))
             .collect();
+        // A setting's default stands until the owner's value is given
+        // (`with_settings`); one without a default stays unfilled, so a
+        // template that needs it is refused rather than given "".
+        for setting in &manifest.settings {
+            if let Some(d) = &setting.default {
+                values.insert(setting.name.clone(), d.clone());
+            }
+        }
+        for (key, image) in &manifest.helper_images {
+            values.insert(crate::manifest::helper_placeholder(key), image.clone());
+        }
         // The built-in names win over a manifest env var of the same name.
         let builtins = [
             ("SERVICE_ID", manifest.id.to_string()),
@@ -139,6 +152,41 @@ impl Vars {
         vars
     }
 
+    /// Fills the settings' placeholders with `values` (spec §6 rule 15);
+    /// names that are not settings of `manifest` are ignored. The caller
+    /// has checked the values.
+    pub fn with_settings(mut self, manifest: &Manifest, values: &BTreeMap<String, String>) -> Vars {
+        for setting in &manifest.settings {
+            if let Some(v) = values.get(&setting.name) {
+                self.values.insert(setting.name.clone(), v.clone());
+            }
+        }
+        self
+    }
+
+    /// Sample values for every setting, as `validate` checks a template
+    /// with: the default, else a value of the setting's type.
+    pub fn sample_settings(manifest: &Manifest) -> BTreeMap<String, String> {
+        use crate::manifest::SettingType;
+        manifest
+            .settings
+            .iter()
+            .map(|s| {
+                let sample = match (&s.default, s.kind) {
+                    (Some(d), _) => d.clone(),
+                    (None, SettingType::Number) => "1".into(),
+                    (None, SettingType::Boolean) => "true".into(),
+                    (None, SettingType::Choice) => s.choices.first().cloned().unwrap_or_default(),
+                    (None, SettingType::Secret) => {
+                        "s".repeat(usize::from(s.generate.unwrap_or(16)))
+                    }
+                    (None, SettingType::String) => "sample".into(),
+                };
+                (s.name.clone(), sample)
+            })
+            .collect()
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)
     }
@@ -175,7 +223,9 @@ fn is_builtin(name: &str) -> bool {
 // Rendering
 // ---------------------------------------------------------------------------
 
-/// Replaces every `${NAME}` placeholder with its value, comments included.
+/// Empties full-line comments (lines whose first non-blank character is
+/// `#`), then replaces every `${NAME}` placeholder with its value. A `#`
+/// after a value is left to compose.
 /// `$$` (compose's escape for a literal `$`) is kept as `$$`. Every other
 /// `$` — bare `$VAR`, `${VAR:-default}`, an unknown `${VAR}`, a lone `$` —
 /// is an error naming its line: compose would fill it from the host.
@@ -197,6 +247,14 @@ pub fn render(template: &str, vars: &Vars) -> Result<String> {
     }
     let mut out = String::with_capacity(template.len() + 256);
     for (n, line) in template.split_inclusive('\n').enumerate() {
+        if is_comment_line(line) {
+            // An empty line keeps the line numbers of later messages.
+            let ending = if line.ends_with("\r\n") { "\r\n" } else { "\n" };
+            if line.ends_with('\n') {
+                out.push_str(ending);
+            }
+            continue;
+        }
         render_line(line, n + 1, vars, &mut out, &mut errors);
     }
     if errors.is_empty() {
@@ -209,6 +267,12 @@ pub fn render(template: &str, vars: &Vars) -> Result<String> {
     } else {
         Err(Error::invalid(what, errors))
     }
+}
+
+/// A line whose first non-blank character is `#` (spec §7): dropped before
+/// rendering, so a `$` in a comment is never an error.
+fn is_comment_line(line: &str) -> bool {
+    line.trim_start_matches([' ', '\t']).starts_with('#')
 }
 
 fn render_line(line: &str, n: usize, vars: &Vars, out: &mut String, errors: &mut Vec<String>) {
@@ -532,7 +596,6 @@ const FREE_SERVICE_KEYS: &[&str] = &[
     "user",
     "working_dir",
     "labels",
-    "logging",
     "ulimits",
     "read_only",
     "init",
@@ -545,10 +608,43 @@ const FREE_SERVICE_KEYS: &[&str] = &[
     "expose",
     "hostname",
     "profiles",
+    // v2: what real apps use harmlessly (values checked by compose's schema).
+    "dns_search",
+    "dns_opt",
+    "domainname",
+    "tty",
+    "stdin_open",
+    "cpu_shares",
+    "cpu_quota",
+    "cpu_period",
+    "cpuset",
+    "mem_reservation",
+    "memswap_limit",
+    "mem_swappiness",
+    "pids_limit",
 ];
 
-const ALLOWED_SYSCTLS: &[&str] = &["net.ipv4.ip_forward", "net.ipv4.conf.all.src_valid_mark"];
-const IPV6_ALL_SYSCTLS: &str = "net.ipv6.conf.all.";
+/// Sysctls live in the container's own network namespace: `net.ipv4.*`,
+/// `net.ipv6.*` and `net.core.somaxconn` only.
+const SYSCTL_PREFIXES: &[&str] = &["net.ipv4.", "net.ipv6."];
+const SYSCTL_NAMES: &[&str] = &["net.core.somaxconn"];
+/// Log drivers that write on the host; others (syslog, gelf, fluentd...)
+/// make the daemon connect where the template says.
+const LOG_DRIVERS: &[&str] = &["json-file", "local", "journald", "none"];
+const LOG_OPTIONS: &[&str] = &[
+    "max-size",
+    "max-file",
+    "compress",
+    "mode",
+    "max-buffer-size",
+    "tag",
+    "labels",
+    "env",
+    "env-regex",
+];
+/// `pull_policy` values that never reach a registry for a present image:
+/// images are pinned, and `always` would break an offline boot.
+const PULL_POLICIES: &[&str] = &["missing", "if_not_present", "never"];
 const TUN: &str = "/dev/net/tun";
 const RESERVED_NETWORKS: &[&str] = &["host", "none", "bridge"];
 
@@ -587,7 +683,8 @@ pub fn check(doc: &Value, ctx: &CheckContext) -> Vec<String> {
         .and_then(Value::as_object)
         .unwrap_or(&empty);
     check_top_volumes(volumes, project, &mut errors);
-    check_top_networks(networks, project, ctx, &mut errors);
+    let cell_keys = cell_network_keys(networks, ctx);
+    check_top_networks(networks, &cell_keys, project, ctx, &mut errors);
 
     let main_name = ctx.container_name();
     let mains: Vec<&String> = services
@@ -607,30 +704,58 @@ pub fn check(doc: &Value, ctx: &CheckContext) -> Vec<String> {
         )),
     }
     let main = mains.first().map(|s| s.as_str());
+    let whole = Whole {
+        services,
+        volumes,
+        networks,
+        cell_keys: &cell_keys,
+    };
     for (name, svc) in services {
-        let is_main = Some(name.as_str()) == main;
-        check_service(
-            name,
-            svc,
-            is_main,
-            services,
-            volumes,
-            networks,
-            ctx,
-            &mut errors,
-        );
+        let role = if Some(name.as_str()) == main {
+            Role::Main
+        } else {
+            Role::Helper
+        };
+        check_service(name, svc, role, &whole, ctx, &mut errors);
     }
     errors
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The parts of the document a service's keys are checked against.
+struct Whole<'a> {
+    services: &'a Map<String, Value>,
+    volumes: &'a Map<String, Value>,
+    networks: &'a Map<String, Value>,
+    /// The top-level keys that stand for the cell network.
+    cell_keys: &'a [String],
+}
+
+/// The main service (the manifest's container) or one beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Main,
+    Helper,
+}
+
+/// The top-level network keys that are the cell network: the one keyed
+/// `PIC_NETWORK` and any whose `name` is `PIC_NETWORK` (the docker idiom
+/// `cell: {name: cell-network, external: true}`).
+fn cell_network_keys(networks: &Map<String, Value>, ctx: &CheckContext) -> Vec<String> {
+    let cell = ctx.config.network.as_str();
+    let mut keys = vec![cell.to_string()];
+    for (key, net) in networks {
+        if key != cell && net.get("name").and_then(Value::as_str) == Some(cell) {
+            keys.push(key.clone());
+        }
+    }
+    keys
+}
+
 fn check_service(
     name: &str,
     svc: &Value,
-    is_main: bool,
-    services: &Map<String, Value>,
-    volumes: &Map<String, Value>,
-    networks: &Map<String, Value>,
+    role: Role,
+    whole: &Whole,
     ctx: &CheckContext,
     errors: &mut Vec<String>,
 ) {
@@ -641,6 +766,7 @@ fn check_service(
     let mut err =
         |key: &str, msg: String| errors.push(format!("service {name:?}: key {key:?} {msg}"));
     let connectivity = ctx.manifest.kind == Kind::Connectivity;
+    let is_main = role == Role::Main;
     if !svc.contains_key("image") {
         err(
             "image",
@@ -654,15 +780,8 @@ fn check_service(
         }
         match k {
             "image" => {
-                if value.as_str() != Some(ctx.manifest.image.as_str()) {
-                    err(
-                        k,
-                        format!(
-                            "must be the manifest's image {:?} ({})",
-                            ctx.manifest.image,
-                            show(value)
-                        ),
-                    );
+                if let Some(problem) = image_problem(value, role, ctx) {
+                    err(k, problem);
                 }
             }
             "container_name" => {
@@ -681,12 +800,14 @@ fn check_service(
                 }
             }
             "environment" => check_environment(value, &mut err),
-            "volumes" => check_service_volumes(value, volumes, ctx, &mut err),
-            "networks" => check_service_networks(value, is_main, networks, ctx, &mut err),
+            "volumes" => check_service_volumes(value, whole.volumes, ctx, &mut err),
+            "networks" => check_service_networks(value, role, whole, ctx, &mut err),
             "network_mode" if is_main => err(
                 k,
                 format!(
-                    "is not allowed on the main service: it joins the cell network ({})",
+                    "is not allowed on the main service: it joins the cell network with its own \
+                     address; open its ports with the manifest's iptables_rules on ${{SERVICE_IP}} \
+                     instead of the host's network ({})",
                     show(value)
                 ),
             ),
@@ -694,7 +815,7 @@ fn check_service(
                 let ok = value
                     .as_str()
                     .and_then(|v| v.strip_prefix("service:"))
-                    .is_some_and(|other| other != name && services.contains_key(other));
+                    .is_some_and(|other| other != name && whole.services.contains_key(other));
                 if !ok {
                     err(
                         k,
@@ -750,8 +871,10 @@ fn check_service(
                 None => err(
                     k,
                     format!(
-                        "is only allowed in a connection instance, for its redirect port ({})",
-                        show(value)
+                        "is only allowed in a connection instance, for its redirect port ({}); \
+                         a service is reached on its own address: list the port under expose and \
+                         open it with the manifest's iptables_rules on ${{SERVICE_IP}}",
+                        show_ports(value)
                     ),
                 ),
                 Some(inst) => {
@@ -762,7 +885,7 @@ fn check_service(
                                 format!(
                                     "may only publish the redirect port {} as {0}:{0} ({})",
                                     inst.redirect_port,
-                                    show(port)
+                                    show_ports(port)
                                 ),
                             );
                         }
@@ -776,16 +899,260 @@ fn check_service(
                     }
                 }
             }
-            "sysctls" if connectivity => {
+            "sysctls" => {
                 for name in sysctl_names(value) {
                     if !sysctl_allowed(&name) {
-                        err(k, format!("{name:?} is not an allowed sysctl"));
+                        err(
+                            k,
+                            format!(
+                                "{name:?} is not allowed (only net.ipv4.*, net.ipv6.* and \
+                                 net.core.somaxconn, which live in the container's own network)"
+                            ),
+                        );
                     }
+                }
+            }
+            "logging" => check_logging(value, &mut err),
+            "deploy" => check_deploy(value, &mut err),
+            "dns" => {
+                for server in items(value) {
+                    if !server.as_str().is_some_and(is_ip_literal) {
+                        err(k, format!("may only hold IP addresses ({})", show(server)));
+                    }
+                }
+            }
+            "extra_hosts" => check_extra_hosts(value, &mut err),
+            "oom_score_adj" => {
+                if value.as_i64().is_none_or(|n| n < 0) {
+                    err(
+                        k,
+                        format!(
+                            "may only be 0 or more: a negative value shields the container \
+                             from the kernel's out-of-memory killer ({})",
+                            show(value)
+                        ),
+                    );
+                }
+            }
+            "links" => {
+                for link in items(value) {
+                    let target = link.as_str().map(|l| l.split(':').next().unwrap_or(l));
+                    if !target.is_some_and(|t| t != name && whole.services.contains_key(t)) {
+                        err(
+                            k,
+                            format!(
+                                "may only name another service of this file ({})",
+                                show(link)
+                            ),
+                        );
+                    }
+                }
+            }
+            "pull_policy" => {
+                if !value.as_str().is_some_and(|p| PULL_POLICIES.contains(&p)) {
+                    err(
+                        k,
+                        format!(
+                            "may only be missing, if_not_present or never: images are pinned, \
+                             and pulling on every start would break an offline boot ({})",
+                            show(value)
+                        ),
+                    );
                 }
             }
             _ => err(k, format!("is not allowed ({})", show(value))),
         }
     }
+}
+
+/// The main service runs the manifest's image; any other service that
+/// image or one of `helper_images`, exactly as written there.
+fn image_problem(value: &Value, role: Role, ctx: &CheckContext) -> Option<String> {
+    let m = ctx.manifest;
+    let image = value.as_str();
+    match role {
+        Role::Main if image == Some(m.image.as_str()) => None,
+        Role::Main => Some(format!(
+            "must be the manifest's image {:?} on the main service ({}); write image: ${{IMAGE}}",
+            m.image,
+            show(value)
+        )),
+        Role::Helper
+            if image.is_some_and(|i| i == m.image || m.helper_images.values().any(|h| h == i)) =>
+        {
+            None
+        }
+        Role::Helper => {
+            let declared = if m.helper_images.is_empty() {
+                "none are declared".to_string()
+            } else {
+                let keys: Vec<String> = m
+                    .helper_images
+                    .keys()
+                    .map(|k| format!("${{{}}}", crate::manifest::helper_placeholder(k)))
+                    .collect();
+                format!("declared: {}", keys.join(", "))
+            };
+            Some(format!(
+                "runs {}, which is neither the manifest's image nor one of its helper_images \
+                 ({declared}); declare it in the manifest's \"helper_images\" with its @sha256 \
+                 digest and write image: ${{IMAGE_<KEY>}}",
+                show(value)
+            ))
+        }
+    }
+}
+
+/// `logging`: a driver that writes on the host, and its own options.
+fn check_logging(value: &Value, err: &mut impl FnMut(&str, String)) {
+    let Some(map) = value.as_object() else {
+        err("logging", format!("is not a mapping ({})", show(value)));
+        return;
+    };
+    for (k, v) in map {
+        match k.as_str() {
+            "driver" => {
+                if !v.as_str().is_some_and(|d| LOG_DRIVERS.contains(&d)) {
+                    err(
+                        "logging",
+                        format!(
+                            "driver {} is not allowed (allowed: {}; others make the docker \
+                             daemon send logs where the template says)",
+                            show(v),
+                            LOG_DRIVERS.join(", ")
+                        ),
+                    );
+                }
+            }
+            "options" => {
+                for opt in v.as_object().into_iter().flat_map(|o| o.keys()) {
+                    if !LOG_OPTIONS.contains(&opt.as_str()) {
+                        err(
+                            "logging",
+                            format!(
+                                "option {opt:?} is not allowed (allowed: {})",
+                                LOG_OPTIONS.join(", ")
+                            ),
+                        );
+                    }
+                }
+                if !v.is_object() && !v.is_null() {
+                    err("logging", format!("options is not a mapping ({})", show(v)));
+                }
+            }
+            other => err("logging", format!("{other:?} is not allowed ({})", show(v))),
+        }
+    }
+}
+
+/// `deploy`: `resources.limits` (cpus, memory, pids) and
+/// `resources.reservations` (cpus, memory) only.
+fn check_deploy(value: &Value, err: &mut impl FnMut(&str, String)) {
+    let hint = "limit a service with deploy.resources.limits (cpus, memory, pids), \
+                deploy.resources.reservations (cpus, memory), or mem_limit and cpus";
+    let Some(map) = value.as_object() else {
+        err("deploy", format!("is not a mapping ({})", show(value)));
+        return;
+    };
+    for (k, v) in map {
+        if k.starts_with("x-") {
+            continue;
+        }
+        if k != "resources" {
+            err(
+                "deploy",
+                format!("deploy.{k} is not allowed ({}); {hint}", show(v)),
+            );
+            continue;
+        }
+        for (part, limits) in v.as_object().into_iter().flatten() {
+            let allowed: &[&str] = match part.as_str() {
+                "limits" => &["cpus", "memory", "pids"],
+                "reservations" => &["cpus", "memory"],
+                _ => &[],
+            };
+            if allowed.is_empty() {
+                err(
+                    "deploy",
+                    format!(
+                        "deploy.resources.{part} is not allowed ({}); {hint}",
+                        show(limits)
+                    ),
+                );
+                continue;
+            }
+            for (key, inner) in limits.as_object().into_iter().flatten() {
+                if !allowed.contains(&key.as_str()) {
+                    let what = if key == "devices" || key == "generic_resources" {
+                        " (devices and GPUs are not given to services)"
+                    } else {
+                        ""
+                    };
+                    err(
+                        "deploy",
+                        format!(
+                            "deploy.resources.{part}.{key} is not allowed{what} ({}); {hint}",
+                            show(inner)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `extra_hosts` as `host:ip`, `host=ip` or a mapping: IP literals only
+/// (`host-gateway` would reach the host itself).
+fn check_extra_hosts(value: &Value, err: &mut impl FnMut(&str, String)) {
+    let mut entries: Vec<(String, Vec<String>)> = Vec::new();
+    match value {
+        Value::Object(map) => {
+            for (host, ips) in map {
+                let ips = items(ips)
+                    .iter()
+                    .map(|v| v.as_str().map_or_else(|| show(v), str::to_string))
+                    .collect();
+                entries.push((host.clone(), ips));
+            }
+        }
+        other => {
+            for entry in items(other) {
+                let text = entry.as_str().map_or_else(|| show(entry), str::to_string);
+                let split = text
+                    .split_once('=')
+                    .or_else(|| text.split_once(':'))
+                    .map(|(h, ip)| (h.to_string(), vec![ip.to_string()]));
+                entries.push(split.unwrap_or((text, Vec::new())));
+            }
+        }
+    }
+    for (host, ips) in entries {
+        if ips.is_empty() {
+            err("extra_hosts", format!("{host:?} is not host:address"));
+        }
+        for ip in ips {
+            if ip == "host-gateway" {
+                err(
+                    "extra_hosts",
+                    format!("\"{host}:host-gateway\" is not allowed: it points at the host itself"),
+                );
+            } else if !is_ip_literal(&ip) {
+                err(
+                    "extra_hosts",
+                    format!("\"{host}:{ip}\" may only point at an IP address"),
+                );
+            }
+        }
+    }
+}
+
+/// An IPv4 or IPv6 address, IPv6 optionally in brackets.
+fn is_ip_literal(s: &str) -> bool {
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    bare.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn check_environment(value: &Value, err: &mut impl FnMut(&str, String)) {
@@ -844,7 +1211,10 @@ fn check_service_volumes(
                     err("volumes", format!("bind has no source ({})", show(vol)));
                     continue;
                 };
-                if let Some(why) = bind_problem(src, &roots) {
+                let read_only = v
+                    .get("read_only")
+                    .is_some_and(|r| !is_false(r) && !r.is_null());
+                if let Some(why) = bind_problem(src, read_only, &roots, ctx) {
                     err("volumes", format!("bind source {src:?} {why}"));
                 }
             }
@@ -886,41 +1256,66 @@ fn allowed_roots(ctx: &CheckContext) -> Vec<String> {
     roots
 }
 
-fn bind_problem(src: &str, roots: &[String]) -> Option<String> {
-    if src.contains("docker.sock") {
+/// Why a bind source may not be mounted: it must lie in the data dir or a
+/// manifest `volumes` mount, or be `/etc/localtime` or `/etc/timezone`
+/// mounted read-only (spec §7.3).
+fn bind_problem(
+    src: &str,
+    read_only: bool,
+    roots: &[String],
+    ctx: &CheckContext,
+) -> Option<String> {
+    if src.to_ascii_lowercase().contains("docker.sock") {
         return Some("is not allowed (docker.sock)".into());
     }
     if !src.starts_with('/') {
         return Some("is not an absolute path (write ${DATA_DIR}/...)".into());
     }
     let norm = normalize_path_lexical(src);
+    if crate::manifest::TIME_FILES.contains(&norm.as_str()) {
+        return (!read_only)
+            .then(|| format!("may only be mounted read-only (write {src}:{src}:ro)"));
+    }
     let inside = roots
         .iter()
         .any(|root| Path::new(&norm).starts_with(Path::new(root)));
     if inside {
-        None
-    } else {
-        Some(format!(
-            "is outside the data dir and the manifest's volumes (it is {norm:?}; allowed: {})",
-            quoted_list(roots.iter().map(String::as_str))
-        ))
+        return None;
     }
+    if norm == TUN && ctx.manifest.kind == Kind::Connectivity {
+        return Some(format!(
+            "is not a bind a service may use; give the device with devices: [{TUN}]"
+        ));
+    }
+    let shown = if norm == src {
+        String::new()
+    } else {
+        format!(" (it is {norm:?})")
+    };
+    Some(format!(
+        "is outside the data dir and the manifest's volumes{shown}; allowed: {}. A host folder \
+         must be declared in the manifest's volumes, and lie under PIC_HOST_MOUNT_ROOTS ({})",
+        quoted_list(roots.iter().map(String::as_str)),
+        ctx.config.host_mount_roots_text()
+    ))
 }
 
 fn check_service_networks(
     value: &Value,
-    is_main: bool,
-    top_networks: &Map<String, Value>,
+    role: Role,
+    whole: &Whole,
     ctx: &CheckContext,
     err: &mut impl FnMut(&str, String),
 ) {
     let cell = ctx.config.network.as_str();
+    let is_main = role == Role::Main;
+    let top_networks = whole.networks;
     let Some(map) = value.as_object() else {
         err("networks", format!("is not a mapping ({})", show(value)));
         return;
     };
     for (net, attachment) in map {
-        if net == cell {
+        if whole.cell_keys.contains(net) {
             if !is_main {
                 err(
                     "networks",
@@ -1011,13 +1406,14 @@ fn check_top_volumes(volumes: &Map<String, Value>, project: &str, errors: &mut V
 
 fn check_top_networks(
     networks: &Map<String, Value>,
+    cell_keys: &[String],
     project: &str,
     ctx: &CheckContext,
     errors: &mut Vec<String>,
 ) {
     let cell = ctx.config.network.as_str();
     for (key, net) in networks {
-        if key == cell {
+        if cell_keys.contains(key) {
             continue; // replaced by `finalize`
         }
         let mut err = |msg: String| errors.push(format!("network {key:?}: {msg}"));
@@ -1128,9 +1524,14 @@ fn sysctl_names(value: &Value) -> Vec<String> {
 }
 
 fn sysctl_allowed(name: &str) -> bool {
-    ALLOWED_SYSCTLS.contains(&name)
-        || name.strip_prefix(IPV6_ALL_SYSCTLS).is_some_and(|rest| {
-            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    SYSCTL_NAMES.contains(&name)
+        || SYSCTL_PREFIXES.iter().any(|prefix| {
+            name.strip_prefix(prefix).is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c))
+            })
         })
 }
 
@@ -1159,12 +1560,65 @@ fn items(v: &Value) -> Vec<&Value> {
     }
 }
 
+/// How long a shown value may be before it is cut.
+const SHOW_BYTES: usize = 400;
+
+/// A value for a message: whole when short; when long, cut after a `,` or
+/// a space, never inside an image reference or a path (they hold neither).
 fn show(v: &Value) -> String {
     let s = match v {
         Value::String(s) => format!("{s:?}"),
         other => other.to_string(),
     };
-    truncate(&s, 100)
+    cut_at_boundary(&s, SHOW_BYTES)
+}
+
+fn cut_at_boundary(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = &s[..end];
+    match head.rfind([',', ' ']) {
+        Some(i) if i > 0 => format!("{} ...", &head[..=i]),
+        _ => format!("{head}..."),
+    }
+}
+
+/// Published ports as the author wrote them (`8080:80/udp`), not compose's
+/// long form.
+fn show_ports(v: &Value) -> String {
+    let one = |p: &Value| -> String {
+        let Some(m) = p.as_object() else {
+            return show(p);
+        };
+        let text = |k: &str| {
+            m.get(k).map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        };
+        let mut out = String::new();
+        if let Some(ip) = text("host_ip") {
+            out.push_str(&ip);
+            out.push(':');
+        }
+        if let Some(published) = text("published") {
+            out.push_str(&published);
+            out.push(':');
+        }
+        out.push_str(&text("target").unwrap_or_default());
+        if let Some(proto) = text("protocol").filter(|p| p != "tcp") {
+            out.push('/');
+            out.push_str(&proto);
+        }
+        format!("{out:?}")
+    };
+    let shown: Vec<String> = items(v).into_iter().map(one).collect();
+    cut_at_boundary(&shown.join(", "), SHOW_BYTES)
 }
 
 fn quoted_list<'a>(items: impl Iterator<Item = &'a str>) -> String {
@@ -1235,17 +1689,37 @@ pub fn finalize(mut doc: Value, ctx: &CheckContext) -> Value {
     let networks = top
         .entry("networks")
         .or_insert_with(|| Value::Object(Map::new()));
+    let mut other_keys: Vec<String> = Vec::new();
     if let Some(n) = networks.as_object_mut() {
+        other_keys = cell_network_keys(n, ctx)
+            .into_iter()
+            .filter(|k| *k != cell)
+            .collect();
+        for key in &other_keys {
+            n.remove(key);
+        }
         n.insert(
             cell.clone(),
             serde_json::json!({"name": cell, "external": true}),
         );
     }
+    let read_only_roots = read_only_roots(ctx);
     if let Some(services) = top.get_mut("services").and_then(Value::as_object_mut) {
         for svc in services.values_mut() {
             let Some(s) = svc.as_object_mut() else {
                 continue;
             };
+            if let Some(vols) = s.get_mut("volumes").and_then(Value::as_array_mut) {
+                force_read_only(vols, &read_only_roots);
+            }
+            // The docker idiom's key (`cell`) becomes the cell network's.
+            if let Some(nets) = s.get_mut("networks").and_then(Value::as_object_mut) {
+                for key in &other_keys {
+                    if let Some(attachment) = nets.remove(key) {
+                        nets.insert(cell.clone(), attachment);
+                    }
+                }
+            }
             if s.get("container_name").and_then(Value::as_str) != Some(main_name.as_str()) {
                 continue;
             }
@@ -1264,6 +1738,45 @@ pub fn finalize(mut doc: Value, ctx: &CheckContext) -> Value {
         }
     }
     doc
+}
+
+/// The folders of the manifest's `"read_only": true` volumes.
+fn read_only_roots(ctx: &CheckContext) -> Vec<String> {
+    ctx.manifest
+        .volumes
+        .iter()
+        .filter(|v| v.read_only)
+        .map(|v| {
+            if v.mount.starts_with('/') {
+                normalize_path_lexical(&v.mount)
+            } else {
+                normalize_path_lexical(&ctx.data_dir.join(&v.mount).display().to_string())
+            }
+        })
+        .collect()
+}
+
+/// Binds from a read-only manifest volume are mounted read-only, whatever
+/// the template says (spec §6 rule 4).
+fn force_read_only(volumes: &mut [Value], roots: &[String]) {
+    for vol in volumes {
+        let Some(v) = vol.as_object_mut() else {
+            continue;
+        };
+        if v.get("type").and_then(Value::as_str) != Some("bind") {
+            continue;
+        }
+        let Some(src) = v.get("source").and_then(Value::as_str) else {
+            continue;
+        };
+        let norm = normalize_path_lexical(src);
+        if roots
+            .iter()
+            .any(|r| Path::new(&norm).starts_with(Path::new(r)))
+        {
+            v.insert("read_only".into(), Value::Bool(true));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1343,6 +1856,7 @@ mod tests {
     use serde_json::json;
 
     const IMAGE: &str = "127.0.0.1:5000/roof/web:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const DB_IMAGE: &str = "127.0.0.1:5000/roof/postgres:16@sha256:1123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const IP: Ipv4Addr = Ipv4Addr::new(172, 20, 0, 30);
     const DATA: &str = "/var/lib/pic-store/data/web";
 
@@ -1368,10 +1882,17 @@ mod tests {
                 Volume {
                     mount: "/srv/media".into(),
                     target: "/media".into(),
+                    read_only: false,
                 },
                 Volume {
                     mount: "files".into(),
                     target: "/files".into(),
+                    read_only: false,
+                },
+                Volume {
+                    mount: "/mnt/music".into(),
+                    target: "/music".into(),
+                    read_only: true,
                 },
             ],
             env: vec![
@@ -1390,6 +1911,8 @@ mod tests {
             provision_hook: None,
             instanceable: kind == Kind::Connectivity,
             connectivity: None,
+            helper_images: [("db".to_string(), DB_IMAGE.to_string())].into(),
+            settings: vec![],
             extra: BTreeMap::new(),
         }
     }
@@ -1484,12 +2007,27 @@ mod tests {
     }
 
     #[test]
-    fn comments_are_substituted_and_escapes_kept() {
+    fn comments_are_dropped_and_escapes_kept() {
         let (m, c) = (manifest(Kind::Service), config());
         let v = Vars::for_service(&m, IP, &c);
         assert_eq!(
             render("# ${SERVICE_ID}\ncommand: echo $$HOME $${IMAGE} $$$$\n", &v).unwrap(),
-            "# web\ncommand: echo $$HOME $${IMAGE} $$$$\n"
+            "\ncommand: echo $$HOME $${IMAGE} $$$$\n"
+        );
+        // A `$` in a full-line comment is never an error; the line stays,
+        // empty, so later messages keep their line numbers.
+        let t = "  # set $PUID, ${PGID:-1000} and $\r\n\t# ${UNKNOWN}\nimage: ${IMAGE} # $tail\n";
+        assert_eq!(
+            render(t, &v).unwrap_err().details(),
+            vec![
+                "line 3: $tail: a bare variable would be read from the host \
+                  (write ${NAME} for a placeholder, $$ for a literal $)"
+                    .to_string()
+            ]
+        );
+        assert_eq!(
+            render("# $HOME\nimage: ${IMAGE}\n", &v).unwrap(),
+            format!("\nimage: {IMAGE}\n")
         );
     }
 
@@ -1693,8 +2231,8 @@ mod tests {
                 r#"key "devices" is not allowed"#,
             ),
             (
-                json!({"sysctls": {"net.ipv4.ip_forward": 1}}),
-                r#"key "sysctls" is not allowed"#,
+                json!({"sysctls": {"kernel.shmmax": 1}}),
+                r#"key "sysctls" "kernel.shmmax" is not allowed"#,
             ),
             (
                 json!({"security_opt": ["seccomp:unconfined"]}),
@@ -1875,8 +2413,8 @@ mod tests {
             json!({"devices": [{"source": "/dev/net/tun", "target": "/dev/mem"}]}),
             json!({"devices": ["/dev/net/tun:/dev/net/tun:rwx"]}),
             json!({"sysctls": {"kernel.shmmax": 1}}),
-            json!({"sysctls": ["net.ipv6.conf.default.forwarding=1"]}),
-            json!({"sysctls": {"net.ipv6.conf.all.": 1}}),
+            json!({"sysctls": ["net.core.rmem_max=1"]}),
+            json!({"sysctls": {"net.ipv6": 1}}),
         ] {
             assert!(!instance_errors(bad.clone()).is_empty(), "{bad}");
         }
@@ -2021,7 +2559,7 @@ mod tests {
             (
                 json!({"name": "cell-network"}),
                 json!({"inner": null}),
-                "names the cell network",
+                "only the main service may join the cell network",
             ),
             (
                 json!({"name": "pic-other_default"}),
@@ -2081,6 +2619,245 @@ mod tests {
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
             errs[0].contains("\"inner\"") && errs[0].contains("gateway"),
+            "{errs:?}"
+        );
+    }
+
+    // --- v2 ------------------------------------------------------------
+
+    #[test]
+    fn v2_keys_real_apps_use_are_accepted() {
+        assert_accepted(json!({
+            "deploy": {"resources": {"limits": {"cpus": "0.5", "memory": "512M", "pids": 100},
+                                     "reservations": {"cpus": "0.25", "memory": "128M"}}},
+            "dns": ["1.1.1.1", "2606:4700:4700::1111"], "dns_search": "lan", "dns_opt": ["use-vc"],
+            "domainname": "example.org", "tty": true, "stdin_open": true,
+            "cpu_shares": 512, "cpu_quota": 50000, "cpu_period": 100000, "cpuset": "0,1",
+            "mem_reservation": "64m", "memswap_limit": "1g", "mem_swappiness": 10,
+            "pids_limit": 100, "oom_score_adj": 0,
+            "extra_hosts": ["nas.lan:192.168.1.10", "v6=::1", "b:[fe80::1]"],
+            "pull_policy": "missing",
+            "sysctls": {"net.core.somaxconn": 1024, "net.ipv4.tcp_keepalive_time": 600,
+                        "net.ipv6.conf.all.disable_ipv6": 1},
+            "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3", "tag": "x"}},
+            "volumes": [{"type": "bind", "source": "/etc/localtime", "target": "/etc/localtime", "read_only": true},
+                        {"type": "bind", "source": "/etc/timezone", "target": "/etc/timezone", "read_only": true}],
+        }));
+        assert_accepted(json!({"extra_hosts": {"nas": "10.0.0.2"}}));
+        assert_accepted(json!({"logging": {"driver": "journald"}, "pull_policy": "never"}));
+        assert_accepted(json!({"logging": {"options": {"max-size": "1m"}}}));
+        for driver in ["local", "none"] {
+            assert_accepted(json!({"logging": {"driver": driver}}));
+        }
+    }
+
+    #[test]
+    fn v2_keys_are_refused_beyond_their_limits() {
+        for (extra, needle) in [
+            (json!({"deploy": {"resources": {"reservations": {"devices": [{"capabilities": ["gpu"]}]}}}}),
+             "deploy.resources.reservations.devices is not allowed (devices and GPUs are not given to services)"),
+            (json!({"deploy": {"resources": {"reservations": {"devices": [{"capabilities": ["gpu"]}]}}}}),
+             "mem_limit and cpus"),
+            (json!({"deploy": {"resources": {"reservations": {"generic_resources": []}}}}), "generic_resources"),
+            (json!({"deploy": {"resources": {"limits": {"devices": []}}}}), "deploy.resources.limits.devices"),
+            (json!({"deploy": {"placement": {"constraints": ["node.role==manager"]}}}), "deploy.placement is not allowed"),
+            (json!({"deploy": {"replicas": 2}}), "deploy.replicas"),
+            (json!({"deploy": {"resources": {"reservations": {"pids": 5}}}}), "deploy.resources.reservations.pids"),
+            (json!({"dns": ["dns.google"]}), r#"key "dns" may only hold IP addresses ("dns.google")"#),
+            (json!({"extra_hosts": ["host.docker.internal:host-gateway"]}),
+             r#"key "extra_hosts" "host.docker.internal:host-gateway" is not allowed: it points at the host itself"#),
+            (json!({"extra_hosts": {"gw": "host-gateway"}}), "host-gateway"),
+            (json!({"extra_hosts": ["a:b.example"]}), r#""a:b.example" may only point at an IP address"#),
+            (json!({"oom_score_adj": -500}), r#"key "oom_score_adj" may only be 0 or more"#),
+            (json!({"links": ["other"]}), r#"key "links" may only name another service of this file ("other")"#),
+            (json!({"pull_policy": "always"}), r#"key "pull_policy" may only be missing, if_not_present or never"#),
+            (json!({"pull_policy": "build"}), "pull_policy"),
+            (json!({"sysctls": {"kernel.msgmax": 1}}), "net.ipv4.*, net.ipv6.* and net.core.somaxconn"),
+            (json!({"sysctls": ["net.core.rmem_max=1"]}), "\"net.core.rmem_max\" is not allowed"),
+            (json!({"logging": {"driver": "syslog", "options": {"syslog-address": "udp://1.2.3.4:514"}}}),
+             r#"key "logging" driver "syslog" is not allowed"#),
+            (json!({"logging": {"driver": "syslog", "options": {"syslog-address": "udp://1.2.3.4:514"}}}),
+             r#"option "syslog-address" is not allowed"#),
+            (json!({"logging": {"driver": "gelf"}}), "\"gelf\""),
+            (json!({"logging": {"driver": "fluentd"}}), "\"fluentd\""),
+            (json!({"logging": {"driver": "awslogs"}}), "\"awslogs\""),
+            (json!({"logging": {"driver": "splunk"}}), "\"splunk\""),
+            (json!({"logging": {"driver": "json-file", "options": {"labels-regex": "x"}}}), "labels-regex"),
+            (json!({"cpu_rt_runtime": 100}), r#"key "cpu_rt_runtime" is not allowed"#),
+            (json!({"volumes": [{"type": "bind", "source": "/etc/localtime", "target": "/etc/localtime"}]}),
+             "bind source \"/etc/localtime\" may only be mounted read-only"),
+            (json!({"volumes": [{"type": "bind", "source": "/etc/timezone", "target": "/etc/timezone", "read_only": false}]}),
+             "may only be mounted read-only"),
+            (json!({"volumes": [{"type": "bind", "source": "/etc/localtime/../shadow", "target": "/x", "read_only": true}]}),
+             "(it is \"/etc/shadow\")"),
+            (bind("/home/roof/.ssh"), "PIC_HOST_MOUNT_ROOTS (/srv:/mnt:/media)"),
+        ] {
+            assert_refused(extra, needle);
+        }
+    }
+
+    #[test]
+    fn messages_say_what_is_allowed_instead() {
+        for (extra, needle) in [
+            (
+                json!({"ports": [{"target": 80, "published": "8080", "protocol": "tcp"}]}),
+                r#"("8080:80"); a service is reached on its own address: list the port under expose and open it with the manifest's iptables_rules on ${SERVICE_IP}"#,
+            ),
+            (
+                json!({"network_mode": "host"}),
+                "iptables_rules on ${SERVICE_IP}",
+            ),
+            (json!({"deploy": {"mode": "global"}}), "mem_limit and cpus"),
+            (
+                json!({"image": "127.0.0.1:5000/roof/postgres:16"}),
+                "on the main service",
+            ),
+        ] {
+            assert_refused(extra, needle);
+        }
+        // A long value is cut at a boundary, an image reference never.
+        let long: Vec<String> = (0..40)
+            .map(|i| format!("/srv/a-long-folder-name-{i}"))
+            .collect();
+        let errs = errors_of(json!({"volumes_from": long}));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].ends_with("-13\", ...)"), "{}", errs[0]);
+        assert!(errs[0].len() < 600, "{}", errs[0]);
+        let (m, c) = (manifest(Kind::Service), config());
+        let mut d = doc_with(json!({}));
+        let other = format!(
+            "127.0.0.1:5000/roof/{}:1@sha256:{}",
+            "x".repeat(200),
+            "0".repeat(64)
+        );
+        d["services"]["db"] = json!({"image": other});
+        let errs = check(&d, &ctx(&m, &c, None));
+        assert!(errs.iter().any(|e| e.contains(&other)), "{errs:?}");
+    }
+
+    #[test]
+    fn helpers_run_declared_helper_images_exactly() {
+        let (m, c) = (manifest(Kind::Service), config());
+        let mut d = doc_with(json!({}));
+        d["services"]["db"] = json!({"image": DB_IMAGE});
+        d["services"]["cache"] = json!({"image": IMAGE});
+        assert_eq!(check(&d, &ctx(&m, &c, None)), Vec::<String>::new());
+        for other in [
+            "127.0.0.1:5000/roof/postgres:16",
+            "127.0.0.1:5000/roof/postgres:17@sha256:1123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "postgres:16",
+            "redis:7-alpine",
+        ] {
+            d["services"]["db"] = json!({"image": other});
+            let errs = check(&d, &ctx(&m, &c, None));
+            assert!(
+                errs.iter().any(|e| e.contains(r#"service "db": key "image""#)
+                    && e.contains("helper_images")
+                    && e.contains("declared: ${IMAGE_DB}")),
+                "{other}: {errs:?}"
+            );
+        }
+        // The main service never runs a helper image.
+        let d = doc_with(json!({"image": DB_IMAGE}));
+        let errs = check(&d, &ctx(&m, &c, None));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("must be the manifest's image")),
+            "{errs:?}"
+        );
+        // The placeholder is filled from the manifest.
+        let v = Vars::for_service(&m, IP, &c);
+        assert_eq!(render("${IMAGE_DB}", &v).unwrap(), DB_IMAGE);
+    }
+
+    #[test]
+    fn settings_are_placeholders() {
+        let (mut m, c) = (manifest(Kind::Service), config());
+        m.settings = vec![
+            crate::manifest::Setting {
+                name: "ADMIN_PASSWORD".into(),
+                label: "Admin password".into(),
+                kind: crate::manifest::SettingType::Secret,
+                default: None,
+                required: true,
+                choices: vec![],
+                generate: Some(24),
+            },
+            crate::manifest::Setting {
+                name: "SIZE".into(),
+                label: "Size".into(),
+                kind: crate::manifest::SettingType::Choice,
+                default: Some("m".into()),
+                required: false,
+                choices: vec!["s".into(), "m".into()],
+                generate: None,
+            },
+        ];
+        let v = Vars::for_service(&m, IP, &c);
+        // A default stands; a setting without a value is never filled with "".
+        assert_eq!(render("${SIZE}", &v).unwrap(), "m");
+        assert!(render("${ADMIN_PASSWORD}", &v).is_err());
+        let given = [("ADMIN_PASSWORD".to_string(), "s3cret".to_string())].into();
+        let v = v.with_settings(&m, &given);
+        assert_eq!(render("${ADMIN_PASSWORD}/${SIZE}", &v).unwrap(), "s3cret/m");
+        let samples = Vars::sample_settings(&m);
+        assert_eq!(samples["ADMIN_PASSWORD"].len(), 24);
+        assert_eq!(samples["SIZE"], "m");
+    }
+
+    #[test]
+    fn the_docker_network_idiom_is_the_cell_network() {
+        let (m, c) = (manifest(Kind::Service), config());
+        let mut d = doc_with(json!({}));
+        d["services"]["web"]["networks"] = json!({"cell": {"aliases": ["web"]}, "default": null});
+        d["services"]["db"] = json!({"image": DB_IMAGE, "networks": {"default": null}});
+        d["networks"] = json!({"cell": {"name": "cell-network", "external": true},
+                               "default": {"name": "pic-web_default"}});
+        assert_eq!(check(&d, &ctx(&m, &c, None)), Vec::<String>::new());
+        let f = finalize(d.clone(), &ctx(&m, &c, None));
+        assert_eq!(
+            f["networks"],
+            json!({"cell-network": {"name": "cell-network", "external": true},
+                   "default": {"name": "pic-web_default"}})
+        );
+        assert_eq!(
+            f["services"]["web"]["networks"],
+            json!({"cell-network": {"ipv4_address": "172.20.0.30"}, "default": null})
+        );
+        // A helper may not join it under that key either.
+        d["services"]["db"]["networks"] = json!({"cell": null});
+        let errs = check(&d, &ctx(&m, &c, None));
+        assert!(
+            errs.iter().any(|e| e.contains(
+                r#"service "db": key "networks" only the main service may join the cell network"#
+            )),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn read_only_manifest_volumes_are_mounted_read_only() {
+        let (m, c) = (manifest(Kind::Service), config());
+        let d = doc_with(json!({"volumes": [
+            {"type": "bind", "source": "/mnt/music/albums", "target": "/music"},
+            {"type": "bind", "source": "/srv/media", "target": "/media"},
+        ]}));
+        assert_eq!(check(&d, &ctx(&m, &c, None)), Vec::<String>::new());
+        let f = finalize(d, &ctx(&m, &c, None));
+        assert_eq!(f["services"]["web"]["volumes"][0]["read_only"], true);
+        assert!(f["services"]["web"]["volumes"][1]
+            .get("read_only")
+            .is_none());
+    }
+
+    #[test]
+    fn tun_bind_on_connectivity_suggests_devices() {
+        let errs = instance_errors(
+            json!({"volumes": [{"type": "bind", "source": "/dev/net/tun", "target": "/dev/net/tun"}]}),
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("give the device with devices: [/dev/net/tun]")),
             "{errs:?}"
         );
     }

@@ -71,6 +71,9 @@ pub struct Config {
     pub ip: Program,
     pub cosign: Program,
     pub log_level: log::LevelFilter,
+    /// Host folders a manifest may mount (`PIC_HOST_MOUNT_ROOTS`),
+    /// normalised, absolute.
+    pub host_mount_roots: Vec<PathBuf>,
 }
 
 /// The subnet of the cell network; the pool must lie inside it.
@@ -139,6 +142,8 @@ impl Config {
                     "expected one of error, warn, info, debug, trace, off",
                 )
             })?;
+        let host_mount_roots =
+            parse_mount_roots(&var("PIC_HOST_MOUNT_ROOTS", DEFAULT_HOST_MOUNT_ROOTS))?;
 
         Ok(Config {
             index_url,
@@ -161,6 +166,7 @@ impl Config {
             ip,
             cosign,
             log_level,
+            host_mount_roots,
         })
     }
 
@@ -195,7 +201,18 @@ impl Config {
             ("PIC_IP", prog(&self.ip)),
             ("PIC_COSIGN", prog(&self.cosign)),
             ("PIC_LOG", self.log_level.to_string().to_lowercase()),
+            ("PIC_HOST_MOUNT_ROOTS", self.host_mount_roots_text()),
         ]
+    }
+
+    /// `PIC_HOST_MOUNT_ROOTS` as it would be written (`/srv:/mnt:/media`).
+    pub fn host_mount_roots_text(&self) -> String {
+        let roots: Vec<String> = self
+            .host_mount_roots
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        roots.join(":")
     }
 
     pub fn state_file(&self) -> PathBuf {
@@ -258,6 +275,42 @@ fn absolute_path(var: &'static str, v: &str) -> Result<PathBuf> {
         return Err(config_err(var, "contains a newline or NUL"));
     }
     Ok(p.to_path_buf())
+}
+
+/// The default of `PIC_HOST_MOUNT_ROOTS` (spec §2).
+pub const DEFAULT_HOST_MOUNT_ROOTS: &str = "/srv:/mnt:/media";
+
+/// `:`-separated absolute folders, normalised; `/` alone is refused (it
+/// would make every host path mountable), and so is an empty list entry.
+fn parse_mount_roots(v: &str) -> Result<Vec<PathBuf>> {
+    let var = "PIC_HOST_MOUNT_ROOTS";
+    let mut out: Vec<PathBuf> = Vec::new();
+    if v.is_empty() {
+        return Ok(out);
+    }
+    for root in v.split(':') {
+        let plain = root
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+@".contains(c));
+        if !root.starts_with('/') || !plain {
+            return Err(config_err(
+                var,
+                format!("{root:?} is not an absolute path of letters, digits and / . _ - + @ (write /srv:/mnt:/media)"),
+            ));
+        }
+        let normal = crate::manifest::normalize_path(root);
+        if normal == "/" {
+            return Err(config_err(
+                var,
+                format!("{root:?} is the root folder; name the folders that may be mounted"),
+            ));
+        }
+        let normal = PathBuf::from(normal);
+        if !out.contains(&normal) {
+            out.push(normal);
+        }
+    }
+    Ok(out)
 }
 
 fn parse_hosts(v: &str) -> Result<Vec<String>> {
@@ -457,6 +510,29 @@ mod tests {
         assert_eq!(c.caddy_reload.len(), 7);
         assert_eq!(c.cosign_key, None);
         assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert_eq!(c.host_mount_roots_text(), "/srv:/mnt:/media");
+    }
+
+    #[test]
+    fn host_mount_roots_are_absolute_and_normalised() {
+        let c = cfg(&[("PIC_HOST_MOUNT_ROOTS", "/data//x/:/srv")]).unwrap();
+        assert_eq!(c.host_mount_roots_text(), "/data/x:/srv");
+        let c = cfg(&[("PIC_HOST_MOUNT_ROOTS", "")]).unwrap();
+        assert!(c.host_mount_roots.is_empty());
+        for bad in [
+            "srv",
+            "/srv::/mnt",
+            "/",
+            "/srv:/..",
+            "/srv:/m nt",
+            "/srv,/mnt",
+        ] {
+            assert_eq!(
+                err_var(cfg(&[("PIC_HOST_MOUNT_ROOTS", bad)])),
+                "PIC_HOST_MOUNT_ROOTS",
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

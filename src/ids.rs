@@ -21,6 +21,12 @@ pub fn is_slug(s: &str) -> bool {
 }
 
 impl ServiceId {
+    /// `sample`: the id a template is checked with when the manifest's own
+    /// id is missing or wrong (spec §7 item 6).
+    pub(crate) fn sample() -> ServiceId {
+        ServiceId("sample".to_string())
+    }
+
     pub fn parse(s: &str) -> Result<ServiceId> {
         if is_slug(s) {
             Ok(ServiceId(s.to_string()))

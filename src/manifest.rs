@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -37,6 +37,38 @@ pub enum ConnectivityMode {
 pub struct Volume {
     pub mount: String,
     pub target: String,
+    /// Mounted `:ro` (rule 4).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The type of an install-time setting (rule 15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SettingType {
+    String,
+    Secret,
+    Number,
+    Boolean,
+    Choice,
+}
+
+/// One install-time setting (rule 15); a `${NAME}` placeholder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setting {
+    pub name: String,
+    pub label: String,
+    #[serde(rename = "type")]
+    pub kind: SettingType,
+    #[serde(default)]
+    pub default: Option<String>,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub choices: Vec<String>,
+    /// Length of a generated secret, 16–64.
+    #[serde(default)]
+    pub generate: Option<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +112,13 @@ pub struct Manifest {
     pub provision_hook: Option<Vec<String>>,
     pub instanceable: bool,
     pub connectivity: Option<Connectivity>,
+    /// Images the template's other services may run, by key; each is the
+    /// placeholder `${IMAGE_<KEY>}` (rule 14).
+    #[serde(default)]
+    pub helper_images: BTreeMap<String, String>,
+    /// What the owner supplies at install time (rule 15).
+    #[serde(default)]
+    pub settings: Vec<Setting>,
     /// Descriptive fields that are passed through (`description`, `icon`...).
     #[serde(default)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -133,6 +172,8 @@ pub struct Rules<'a> {
     pub image_registry: &'a str,
     pub cell_dir: &'a Path,
     pub state_dir: &'a Path,
+    /// `PIC_HOST_MOUNT_ROOTS`: the host folders a manifest may mount.
+    pub mount_roots: &'a [PathBuf],
     pub verification: VerificationMode,
     /// The other installed services (the one being validated excluded).
     pub taken: Vec<Taken>,
@@ -213,31 +254,9 @@ const SERVICE_CAPS: &[&str] = &[
 /// Capabilities only `kind: connectivity` may add on top (rule 9).
 const CONNECTIVITY_CAPS: &[&str] = &["NET_ADMIN", "NET_RAW"];
 
-/// Host paths refused as they are; their subfolders are fine (rule 4).
-const NEVER_MOUNTABLE_EXACT: &[&str] = &["/", "/var", "/home"];
-
-/// Host paths refused together with everything under them (rule 4).
-/// `/lib32`, `/lib64` and `/libx32` are `/lib`'s siblings on multi-arch
-/// systems and just as dangerous to write to.
-const NEVER_MOUNTABLE_TREES: &[&str] = &[
-    "/etc",
-    "/proc",
-    "/sys",
-    "/dev",
-    "/boot",
-    "/run",
-    "/var/run",
-    "/var/lib/docker",
-    "/app",
-    "/root",
-    "/usr",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-];
+/// The only host files outside `PIC_HOST_MOUNT_ROOTS` a service may
+/// mount, and only read-only (rule 4).
+pub const TIME_FILES: &[&str] = &["/etc/localtime", "/etc/timezone"];
 
 /// Top-level fields the validator checks.
 const CHECKED_FIELDS: &[&str] = &[
@@ -261,6 +280,8 @@ const CHECKED_FIELDS: &[&str] = &[
     "provision_hook",
     "instanceable",
     "connectivity",
+    "helper_images",
+    "settings",
 ];
 
 /// Descriptive top-level fields, passed through into [`Manifest::extra`].
@@ -285,15 +306,23 @@ const MAX_PATH_BYTES: usize = 4096;
 /// Docker's own limit on a repository name.
 const MAX_REPO_BYTES: usize = 255;
 const MAX_HOST_BYTES: usize = 253;
-/// How much of an offending value an error message quotes.
-const QUOTE_BYTES: usize = 160;
+/// Rule 14: at most this many helper images.
+const MAX_HELPER_IMAGES: usize = 8;
+/// Rule 15: at most this many settings, and choices per setting.
+const MAX_SETTINGS: usize = 32;
+const MAX_CHOICES: usize = 32;
+/// Rule 15: the length of a generated secret.
+const GENERATE_RANGE: std::ops::RangeInclusive<u64> = 16..=64;
+/// How much of an offending value an error message quotes: enough for
+/// the longest image reference docker takes, so none is cut mid-digest.
+const QUOTE_BYTES: usize = 460;
 
 /// Validates a manifest given as JSON. The manifest comes back only when
 /// there is no error; the report always lists every problem found.
 pub fn validate(value: &serde_json::Value, rules: &Rules) -> (Option<ValidManifest>, Report) {
     let mut report = Report::default();
     let manifest = match value.as_object() {
-        Some(obj) => check_manifest(obj, rules, &mut report),
+        Some(obj) => Some(check_manifest(obj, rules, &mut report)),
         None => {
             report.error(
                 "manifest",
@@ -304,6 +333,26 @@ pub fn validate(value: &serde_json::Value, rules: &Rules) -> (Option<ValidManife
     };
     let valid = manifest.filter(|_| !report.has_errors()).map(ValidManifest);
     (valid, report)
+}
+
+/// The manifest as far as it can be read, with sample values where a field
+/// is missing or wrong: what `validate` renders a template with when the
+/// manifest has errors (spec §7 item 6), so one run lists the errors of
+/// both files. `None` when the value is not a JSON object.
+pub fn best_effort(value: &Value, rules: &Rules, folder_id: Option<&str>) -> Option<Manifest> {
+    let obj = value.as_object()?;
+    let mut scratch = Report::default();
+    let mut m = check_manifest(obj, rules, &mut scratch);
+    if field(obj, "id")
+        .and_then(Value::as_str)
+        .and_then(|s| ServiceId::parse(s).ok())
+        .is_none()
+    {
+        if let Some(id) = folder_id.and_then(|f| ServiceId::parse(f).ok()) {
+            m.id = id;
+        }
+    }
+    Some(m)
 }
 
 /// Validates a manifest given as bytes; text that is not JSON is one error.
@@ -321,8 +370,10 @@ pub fn validate_bytes(bytes: &[u8], rules: &Rules) -> (Option<ValidManifest>, Re
 }
 
 /// Every rule of spec §6, each field checked on its own so that one bad
-/// field never hides the problems of another.
-fn check_manifest(obj: &Map<String, Value>, rules: &Rules, r: &mut Report) -> Option<Manifest> {
+/// field never hides the problems of another. A field that is missing or
+/// wrong gets a sample value (see [`best_effort`]); the manifest is only
+/// ever used as valid when the report has no error.
+fn check_manifest(obj: &Map<String, Value>, rules: &Rules, r: &mut Report) -> Manifest {
     let id = check_id(obj, r);
     let name = check_text(obj, "name", r);
     let version = check_text(obj, "version", r);
@@ -337,19 +388,28 @@ fn check_manifest(obj: &Map<String, Value>, rules: &Rules, r: &mut Report) -> Op
     let volumes = check_volumes(obj, rules, r);
     let env = check_env(obj, r);
     let iptables_rules = check_port_rules(obj, r);
-    let routes = check_routes(obj, rules, r);
+    let sample_container = sample_text(obj, "container_name", "sample");
+    let routes = check_routes(
+        obj,
+        container_name.as_deref().unwrap_or(&sample_container),
+        rules,
+        r,
+    );
     let cap_add = check_caps(obj, lenient_kind, r);
     let provision_hook = check_provision_hook(obj, r);
     let (instanceable, connectivity) = check_connectivity(obj, lenient_kind, r);
+    let helper_images = check_helper_images(obj, rules, r);
+    let settings = check_settings(obj, r);
+    check_placeholder_clashes(&env, &helper_images, &settings, r);
     let extra = check_other_fields(obj, r);
-    Some(Manifest {
-        id: id?,
-        name: name?,
-        version: version?,
-        author: author?,
-        kind: kind?,
-        image: image?,
-        container_name: container_name?,
+    Manifest {
+        id: id.unwrap_or_else(ServiceId::sample),
+        name: name.unwrap_or_else(|| "sample".into()),
+        version: version.unwrap_or_else(|| "0".into()),
+        author: author.unwrap_or_else(|| "sample".into()),
+        kind: kind.unwrap_or(lenient_kind),
+        image: image.unwrap_or_else(|| sample_text(obj, "image", "sample.invalid/image:0")),
+        container_name: container_name.unwrap_or(sample_container),
         requires,
         volumes,
         env,
@@ -359,8 +419,25 @@ fn check_manifest(obj: &Map<String, Value>, rules: &Rules, r: &mut Report) -> Op
         provision_hook,
         instanceable,
         connectivity,
+        helper_images,
+        settings,
         extra,
-    })
+    }
+}
+
+/// A field's text when it is a plain name a template may hold, else
+/// `fallback`: the sample [`best_effort`] renders a template with.
+fn sample_text(obj: &Map<String, Value>, key: &str, fallback: &str) -> String {
+    let plain = |s: &&str| {
+        !s.is_empty()
+            && s.len() <= 300
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._@:/-".contains(c))
+    };
+    match field(obj, key).and_then(Value::as_str).filter(plain) {
+        Some(s) => s.to_string(),
+        None => fallback.to_string(),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -825,12 +902,23 @@ fn check_volumes(obj: &Map<String, Value>, rules: &Rules, r: &mut Report) -> Vec
 
 fn check_volume(label: &str, item: &Value, rules: &Rules, r: &mut Report) -> Option<Volume> {
     let obj = as_object(item, label, r)?;
-    warn_unknown_keys(obj, &["mount", "target"], label, r);
+    warn_unknown_keys(obj, &["mount", "target", "read_only"], label, r);
     let mount_label = format!("{label}.mount");
     let target_label = format!("{label}.target");
     let mount = required_str(obj, "mount", &mount_label, r);
     let target = required_str(obj, "target", &target_label, r);
-    let mount_problem = mount.and_then(|m| mount_problem(m, rules));
+    let access = match field(obj, "read_only") {
+        None | Some(Value::Bool(false)) => Access::ReadWrite,
+        Some(Value::Bool(true)) => Access::ReadOnly,
+        Some(other) => {
+            r.error(
+                &format!("{label}.read_only"),
+                format!("expected a boolean, found {}", kind_of(other)),
+            );
+            return None;
+        }
+    };
+    let mount_problem = mount.and_then(|m| mount_problem(m, access, rules));
     let target_problem = target.and_then(target_problem);
     if let (Some(m), Some(problem)) = (mount, &mount_problem) {
         r.error(&mount_label, format!("{} {problem}", q(m)));
@@ -844,16 +932,29 @@ fn check_volume(label: &str, item: &Value, rules: &Rules, r: &mut Report) -> Opt
     Some(Volume {
         mount: mount?.to_string(),
         target: target?.to_string(),
+        read_only: access == Access::ReadOnly,
     })
 }
 
+/// How a host path is mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
 /// A volume source: a name under the data dir, or an allowed host path.
-fn mount_problem(mount: &str, rules: &Rules) -> Option<String> {
+fn mount_problem(mount: &str, access: Access, rules: &Rules) -> Option<String> {
     if let Some(problem) = path_text_problem(mount) {
         return Some(problem);
     }
     if mount.starts_with('/') {
-        forbidden_host_path(mount, rules.cell_dir, rules.state_dir)
+        let places = HostPlaces {
+            roots: rules.mount_roots,
+            cell_dir: rules.cell_dir,
+            state_dir: rules.state_dir,
+        };
+        host_path_problem(mount, access, &places)
     } else {
         relative_mount_problem(mount)
     }
@@ -944,12 +1045,35 @@ pub fn normalize_path(p: &str) -> String {
     }
 }
 
-/// Why a host path may never be mounted into a service, or `None` when it
-/// may. The path is normalised first and compared by whole components
-/// (`/etcetera` is not under `/etc`). A path that holds a forbidden one
-/// (`/var/lib` holds `/var/lib/docker`) is refused too. The service's own
-/// data dir is under `state_dir`: a caller that allows it checks it first.
-pub fn forbidden_host_path(p: &str, cell_dir: &Path, state_dir: &Path) -> Option<String> {
+/// Where host paths may and may not come from (rule 4).
+#[derive(Debug, Clone, Copy)]
+pub struct HostPlaces<'a> {
+    /// `PIC_HOST_MOUNT_ROOTS`, normalised.
+    pub roots: &'a [PathBuf],
+    pub cell_dir: &'a Path,
+    pub state_dir: &'a Path,
+}
+
+impl HostPlaces<'_> {
+    /// `/srv, /mnt, /media`: the roots, for messages.
+    pub fn roots_text(&self) -> String {
+        if self.roots.is_empty() {
+            return "none".into();
+        }
+        let roots: Vec<String> = self.roots.iter().map(|r| r.display().to_string()).collect();
+        roots.join(", ")
+    }
+}
+
+/// Why a host path may not be mounted into a service, or `None` when it
+/// may (rule 4, an allow-list). The path is normalised first and compared
+/// by whole components (`/srvx` is not under `/srv`): it must be one of
+/// the roots or under one, and neither be, lie under nor hold the cell's
+/// directory or the state directory; `/etc/localtime` and `/etc/timezone`
+/// are allowed read-only. `docker.sock` anywhere is refused. The
+/// service's own data dir is under `state_dir`: a caller that allows it
+/// checks it first.
+pub fn host_path_problem(p: &str, access: Access, places: &HostPlaces) -> Option<String> {
     let normal = normalize_path(p);
     if mentions_docker_sock(p) || mentions_docker_sock(&normal) {
         return Some("names docker.sock, which is never mountable".into());
@@ -957,24 +1081,39 @@ pub fn forbidden_host_path(p: &str, cell_dir: &Path, state_dir: &Path) -> Option
     if !p.starts_with('/') {
         return Some("is not an absolute host path".into());
     }
-    if NEVER_MOUNTABLE_EXACT.contains(&normal.as_str()) {
-        return Some(format!("is {normal}, which is never mountable"));
+    if TIME_FILES.contains(&normal.as_str()) {
+        return match access {
+            Access::ReadOnly => None,
+            Access::ReadWrite => Some(format!(
+                "is {normal}, which may only be mounted read-only (\"read_only\": true)"
+            )),
+        };
     }
-    let cell = normalize_path(&cell_dir.to_string_lossy());
-    let state = normalize_path(&state_dir.to_string_lossy());
-    let trees = NEVER_MOUNTABLE_TREES
+    let under_root = places
+        .roots
         .iter()
-        .map(|t| (t.to_string(), String::new()))
-        .chain([
-            (cell, "the cell's directory ".to_string()),
-            (state, "pic-store's state directory ".to_string()),
-        ]);
-    for (tree, what) in trees {
-        if let Some(reason) = tree_conflict(&normal, &tree, &what) {
-            return Some(reason);
-        }
+        .any(|root| is_within(&normal, &normalize_path(&root.to_string_lossy())));
+    if under_root {
+        let cell = normalize_path(&places.cell_dir.to_string_lossy());
+        let state = normalize_path(&places.state_dir.to_string_lossy());
+        return [
+            (cell, "the cell's directory "),
+            (state, "pic-store's state directory "),
+        ]
+        .iter()
+        .find_map(|(tree, what)| tree_conflict(&normal, tree, what));
     }
-    None
+    let shown = if normal == p {
+        String::new()
+    } else {
+        format!(" (it is {normal})")
+    };
+    Some(format!(
+        "is not a host folder services may mount{shown}: allowed are {} and what is under them \
+         (PIC_HOST_MOUNT_ROOTS), and {} read-only",
+        places.roots_text(),
+        TIME_FILES.join(" and ")
+    ))
 }
 
 /// How `path` meets a never-mountable `tree`: it is the tree, lies under
@@ -1143,37 +1282,65 @@ fn subdomain_problem(subdomain: &str, taken: &[Taken], seen: &[String]) -> Optio
         .map(|t| format!("is already routed by the installed service {}", q(&t.id)))
 }
 
-/// The legacy `caddy_route` object: `{"subdomain": ..., "backend": ...}`.
+/// The legacy `caddy_route` object: `{"subdomain", "backend"}`, or
+/// `{"subdomain", "port"}` routed to `container_name:port` (rule 16).
 struct LegacyRoute<'v> {
     subdomain: Option<&'v str>,
-    backend: Option<&'v str>,
+    backend: Option<String>,
 }
 
-fn legacy_route<'v>(obj: &'v Map<String, Value>, r: &mut Report) -> Option<LegacyRoute<'v>> {
+fn legacy_route<'v>(
+    obj: &'v Map<String, Value>,
+    container_name: &str,
+    r: &mut Report,
+) -> Option<LegacyRoute<'v>> {
     let route = as_object(field(obj, "caddy_route")?, "caddy_route", r)?;
     r.warn(
         "caddy_route",
         "is the legacy form; use \"subdomain\" and \"backend\"",
     );
-    warn_unknown_keys(route, &["subdomain", "backend"], "caddy_route", r);
+    warn_unknown_keys(route, &["subdomain", "backend", "port"], "caddy_route", r);
     let subdomain = required_str(route, "subdomain", "caddy_route.subdomain", r);
     let backend = optional_str(route, "backend", "caddy_route.backend", r);
     if let Some(b) = backend {
         check_backend("caddy_route.backend", b, r);
     }
+    let port = field(route, "port").and_then(|v| {
+        let port = match v {
+            Value::String(s) if is_digits(s) && s.len() <= 5 => s
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("{s} is outside 1-65535")),
+            other => port_number(other),
+        };
+        port.map_err(|problem| r.error("caddy_route.port", problem))
+            .ok()
+    });
+    if let (Some(_), Some(_)) = (backend, port) {
+        r.warn("caddy_route.port", "is ignored: the route has a backend");
+    }
+    let backend = backend
+        .map(str::to_string)
+        .or_else(|| port.map(|p| format!("{container_name}:{p}")));
     Some(LegacyRoute { subdomain, backend })
 }
 
 /// Every route of the manifest, main first: `subdomain`, `caddy_route`,
 /// `extra_subdomains` (to the main backend), `extra_backends`.
-fn check_routes(obj: &Map<String, Value>, rules: &Rules, r: &mut Report) -> Vec<(String, String)> {
+fn check_routes(
+    obj: &Map<String, Value>,
+    container_name: &str,
+    rules: &Rules,
+    r: &mut Report,
+) -> Vec<(String, String)> {
     let backend = optional_str(obj, "backend", "backend", r);
     if let Some(b) = backend {
         check_backend("backend", b, r);
     }
     let subdomain = optional_str(obj, "subdomain", "subdomain", r);
-    let legacy = legacy_route(obj, r);
-    let main_backend = backend.or(legacy.as_ref().and_then(|l| l.backend));
+    let legacy = legacy_route(obj, container_name, r);
+    let main_backend = backend.or(legacy.as_ref().and_then(|l| l.backend.as_deref()));
     let mut book = RouteBook {
         taken: &rules.taken,
         routes: Vec::new(),
@@ -1186,9 +1353,9 @@ fn check_routes(obj: &Map<String, Value>, rules: &Rules, r: &mut Report) -> Vec<
     if let Some(LegacyRoute {
         subdomain: Some(s),
         backend: own,
-    }) = legacy
+    }) = &legacy
     {
-        let target = own.or(backend);
+        let target = own.as_deref().or(backend);
         backend_used |= own.is_none();
         // The same route given both ways keeps a manifest readable by
         // older cells; it is one route, not a duplicate.
@@ -1382,19 +1549,36 @@ fn env_name_problem(name: &str) -> Option<String> {
     None
 }
 
-/// A value is required (it may be empty) and kept to characters that
-/// need no quoting anywhere it is written.
+/// A value is kept to characters that need no quoting anywhere it is
+/// written. As in the seed, a number or boolean is taken as its text and a
+/// missing value is the empty string.
 fn check_env_value(obj: &Map<String, Value>, label: &str, r: &mut Report) -> Option<String> {
-    let Some(v) = obj.get("value") else {
-        r.error(label, "is required (it may be \"\")");
-        return None;
-    };
-    let value = as_str(v, label, r)?;
-    if let Some(problem) = env_value_problem(value) {
+    let value = scalar_text(field(obj, "value"), label, r)?;
+    if let Some(problem) = env_value_problem(&value) {
         r.error(label, problem);
         return None;
     }
-    Some(value.to_string())
+    Some(value)
+}
+
+/// A string, number or boolean as text; absent (or null) is `""`.
+fn scalar_text(v: Option<&Value>, label: &str, r: &mut Report) -> Option<String> {
+    match v {
+        None => Some(String::new()),
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::Bool(b)) => Some(b.to_string()),
+        Some(other) => {
+            r.error(
+                label,
+                format!(
+                    "expected a string, number or boolean, found {}",
+                    kind_of(other)
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// Why `value` is not a safe env value (rule 8), or `None`. Also used for
@@ -1597,6 +1781,355 @@ fn parse_connectivity(v: &Value, r: &mut Report) -> Option<Connectivity> {
 }
 
 // ---------------------------------------------------------------------------
+// Rule 14: helper images.
+
+/// `db` → `IMAGE_DB`: the placeholder a helper image is known by.
+pub fn helper_placeholder(key: &str) -> String {
+    format!("IMAGE_{}", key.to_ascii_uppercase())
+}
+
+/// `^[a-z][a-z0-9_]{0,15}$`
+fn is_helper_key(key: &str) -> bool {
+    match key.as_bytes().split_first() {
+        Some((&first, rest)) => {
+            first.is_ascii_lowercase()
+                && rest.len() <= 15
+                && rest
+                    .iter()
+                    .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        }
+        None => false,
+    }
+}
+
+fn check_helper_images(
+    obj: &Map<String, Value>,
+    rules: &Rules,
+    r: &mut Report,
+) -> BTreeMap<String, String> {
+    let mut helpers = BTreeMap::new();
+    let Some(map) = field(obj, "helper_images").and_then(|v| as_object(v, "helper_images", r))
+    else {
+        return helpers;
+    };
+    if map.len() > MAX_HELPER_IMAGES {
+        r.error(
+            "helper_images",
+            format!(
+                "has {} entries; at most {MAX_HELPER_IMAGES} are allowed",
+                map.len()
+            ),
+        );
+    }
+    for (key, value) in map {
+        let label = format!("helper_images.{}", key_label(key));
+        let key_ok = is_helper_key(key);
+        if !key_ok {
+            r.error(
+                &label,
+                format!(
+                    "{} is not a valid key (a lower-case letter, then up to 15 of a-z, 0-9, _)",
+                    q(key)
+                ),
+            );
+        }
+        let Some(image) = as_str(value, &label, r) else {
+            continue;
+        };
+        if image_ok(image, &label, rules, r) && key_ok {
+            helpers.insert(key.clone(), image.to_string());
+        }
+    }
+    helpers
+}
+
+/// Rule 2 for one image: errors for its form and origin, a missing digest
+/// a warning (an error under `enforce`). Whether it is usable.
+fn image_ok(image: &str, label: &str, rules: &Rules, r: &mut Report) -> bool {
+    let problems = image_problems(image, rules.image_registry);
+    for problem in &problems {
+        r.error(label, format!("{} {problem}", q(image)));
+    }
+    if split_image(image).digest.is_none() {
+        let msg = format!(
+            "{} has no @sha256 digest, so the pulled image cannot be checked",
+            q(image)
+        );
+        match rules.verification {
+            VerificationMode::Enforce => r.error(label, msg),
+            VerificationMode::Warn | VerificationMode::Off => r.warn(label, msg),
+        }
+    }
+    problems.is_empty()
+}
+
+// ---------------------------------------------------------------------------
+// Rule 15: settings (their schema; values are taken at install).
+
+const SETTING_KEYS: &[&str] = &[
+    "name", "label", "type", "default", "required", "choices", "generate",
+];
+
+fn check_settings(obj: &Map<String, Value>, r: &mut Report) -> Vec<Setting> {
+    let items = optional_array(obj, "settings", r);
+    if items.len() > MAX_SETTINGS {
+        r.error(
+            "settings",
+            format!(
+                "has {} entries; at most {MAX_SETTINGS} are allowed",
+                items.len()
+            ),
+        );
+    }
+    let mut settings: Vec<Setting> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let label = format!("settings[{i}]");
+        let Some(setting) = check_setting(&label, item, r) else {
+            continue;
+        };
+        if settings.iter().any(|s| s.name == setting.name) {
+            r.error(
+                &format!("{label}.name"),
+                format!("{} is declared twice", q(&setting.name)),
+            );
+            continue;
+        }
+        settings.push(setting);
+    }
+    settings
+}
+
+fn check_setting(label: &str, item: &Value, r: &mut Report) -> Option<Setting> {
+    let obj = as_object(item, label, r)?;
+    warn_unknown_keys(obj, SETTING_KEYS, label, r);
+    let errors_before = r.errors.len();
+    let name_label = format!("{label}.name");
+    let name = required_str(obj, "name", &name_label, r);
+    if let Some(problem) = name.and_then(env_name_problem) {
+        r.error(
+            &name_label,
+            format!("{} {problem}", q(name.unwrap_or_default())),
+        );
+    }
+    let label_text = check_text_in(obj, "label", &format!("{label}.label"), r);
+    let kind = check_setting_type(obj, label, r);
+    let required = match field(obj, "required") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            r.error(
+                &format!("{label}.required"),
+                format!("expected a boolean, found {}", kind_of(other)),
+            );
+            false
+        }
+    };
+    let choices = check_choices(obj, kind, label, r);
+    let generate = check_generate(obj, kind, label, r);
+    let default =
+        field(obj, "default").and_then(|v| scalar_text(Some(v), &format!("{label}.default"), r));
+    if let (Some(d), Some(kind)) = (&default, kind) {
+        if let Some(problem) = setting_value_problem(d, kind, &choices) {
+            r.error(&format!("{label}.default"), problem);
+        }
+    }
+    if r.errors.len() > errors_before {
+        return None;
+    }
+    Some(Setting {
+        name: name?.to_string(),
+        label: label_text?,
+        kind: kind?,
+        default,
+        required,
+        choices,
+        generate,
+    })
+}
+
+/// A required short printable text inside an object (`settings[i].label`).
+fn check_text_in(
+    obj: &Map<String, Value>,
+    key: &str,
+    label: &str,
+    r: &mut Report,
+) -> Option<String> {
+    let s = required_str(obj, key, label, r)?;
+    if s.chars().count() > MAX_TEXT_CHARS || s.chars().any(is_unprintable) {
+        r.error(
+            label,
+            format!(
+                "{} is longer than {MAX_TEXT_CHARS} characters or holds a control character",
+                q(s)
+            ),
+        );
+        return None;
+    }
+    Some(s.to_string())
+}
+
+fn check_setting_type(
+    obj: &Map<String, Value>,
+    label: &str,
+    r: &mut Report,
+) -> Option<SettingType> {
+    let type_label = format!("{label}.type");
+    match required_str(obj, "type", &type_label, r)? {
+        "string" => Some(SettingType::String),
+        "secret" => Some(SettingType::Secret),
+        "number" => Some(SettingType::Number),
+        "boolean" => Some(SettingType::Boolean),
+        "choice" => Some(SettingType::Choice),
+        other => {
+            r.error(
+                &type_label,
+                format!(
+                    "{} is not one of string, secret, number, boolean, choice",
+                    q(other)
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn check_choices(
+    obj: &Map<String, Value>,
+    kind: Option<SettingType>,
+    label: &str,
+    r: &mut Report,
+) -> Vec<String> {
+    let choices_label = format!("{label}.choices");
+    let given = field(obj, "choices");
+    if kind.is_some_and(|k| k != SettingType::Choice) && given.is_some() {
+        r.error(&choices_label, "is only allowed with type \"choice\"");
+        return Vec::new();
+    }
+    let Some(list) = given.and_then(|v| as_array(v, &choices_label, r)) else {
+        if kind == Some(SettingType::Choice) {
+            r.error(
+                &choices_label,
+                "is required for type \"choice\" (1-32 values)",
+            );
+        }
+        return Vec::new();
+    };
+    if list.is_empty() || list.len() > MAX_CHOICES {
+        r.error(
+            &choices_label,
+            format!("has {} values; 1 to {MAX_CHOICES} are allowed", list.len()),
+        );
+    }
+    let mut choices: Vec<String> = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let item_label = format!("{choices_label}[{i}]");
+        let Some(text) = scalar_text(Some(v), &item_label, r) else {
+            continue;
+        };
+        if let Some(problem) = env_value_problem(&text) {
+            r.error(&item_label, problem);
+        } else if choices.contains(&text) {
+            r.error(&item_label, format!("{} is listed twice", q(&text)));
+        } else {
+            choices.push(text);
+        }
+    }
+    choices
+}
+
+fn check_generate(
+    obj: &Map<String, Value>,
+    kind: Option<SettingType>,
+    label: &str,
+    r: &mut Report,
+) -> Option<u8> {
+    let gen_label = format!("{label}.generate");
+    let v = field(obj, "generate")?;
+    if kind.is_some_and(|k| k != SettingType::Secret) {
+        r.error(&gen_label, "is only allowed with type \"secret\"");
+        return None;
+    }
+    match v.as_u64().filter(|n| GENERATE_RANGE.contains(n)) {
+        Some(n) => u8::try_from(n).ok(),
+        None => {
+            r.error(
+                &gen_label,
+                format!(
+                    "{} is not a length of {}-{} characters",
+                    show_json(v),
+                    GENERATE_RANGE.start(),
+                    GENERATE_RANGE.end()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Why `value` cannot be the value of a setting of type `kind` (rule 15:
+/// the env value rule, and the type's own), or `None`. Also for the values
+/// an owner gives at install time.
+pub fn setting_value_problem(value: &str, kind: SettingType, choices: &[String]) -> Option<String> {
+    if let Some(problem) = env_value_problem(value) {
+        return Some(problem);
+    }
+    match kind {
+        SettingType::String | SettingType::Secret => None,
+        SettingType::Number => {
+            let digits = value.strip_prefix('-').unwrap_or(value);
+            let (whole, frac) = digits.split_once('.').unwrap_or((digits, "0"));
+            (!(is_digits(whole) && is_digits(frac)))
+                .then(|| format!("{} is not a number", q(value)))
+        }
+        SettingType::Boolean => (!matches!(value, "true" | "false"))
+            .then(|| format!("{} is not true or false", q(value))),
+        SettingType::Choice => (!choices.iter().any(|c| c == value)).then(|| {
+            format!(
+                "{} is not one of the choices ({})",
+                q(value),
+                choices.join(", ")
+            )
+        }),
+    }
+}
+
+fn show_json(v: &Value) -> String {
+    truncate(&v.to_string(), QUOTE_BYTES)
+}
+
+/// Every `${NAME}` a template can hold is filled from one source only: an
+/// env var, a helper image or a setting may not take another's name (the
+/// built-in placeholders are refused by the name rule itself).
+fn check_placeholder_clashes(
+    env: &[EnvVar],
+    helpers: &BTreeMap<String, String>,
+    settings: &[Setting],
+    r: &mut Report,
+) {
+    let helper_names: Vec<String> = helpers.keys().map(|k| helper_placeholder(k)).collect();
+    for (i, e) in env.iter().enumerate() {
+        if helper_names.contains(&e.name) {
+            r.error(
+                &format!("env[{i}].name"),
+                format!("{} would shadow the helper image placeholder", q(&e.name)),
+            );
+        }
+    }
+    for (i, s) in settings.iter().enumerate() {
+        let label = format!("settings[{i}].name");
+        if env.iter().any(|e| e.name == s.name) {
+            r.error(&label, format!("{} is also an env name", q(&s.name)));
+        }
+        if helper_names.contains(&s.name) {
+            r.error(
+                &label,
+                format!("{} would shadow the helper image placeholder", q(&s.name)),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Rule 13: everything else.
 
 /// Descriptive fields come back to be passed through; unknown ones are
@@ -1657,12 +2190,14 @@ mod tests {
     struct Env {
         cell_dir: PathBuf,
         state_dir: PathBuf,
+        roots: Vec<PathBuf>,
     }
 
     fn env() -> Env {
         Env {
             cell_dir: PathBuf::from("/home/roof/pic"),
             state_dir: PathBuf::from("/var/lib/pic-store"),
+            roots: ["/srv", "/mnt", "/media"].map(PathBuf::from).to_vec(),
         }
     }
 
@@ -1671,6 +2206,7 @@ mod tests {
             image_registry: "git.pic.ngo/roof/",
             cell_dir: &env.cell_dir,
             state_dir: &env.state_dir,
+            mount_roots: &env.roots,
             verification: VerificationMode::Warn,
             taken: vec![Taken {
                 id: "filegator".into(),
@@ -1809,27 +2345,47 @@ mod tests {
         ("container name extends taken", Svc, r#"{"container_name": "cell-files-2"}"#, Err("collides with \"cell-files\"")),
         ("container name extended by taken", Svc, r#"{"container_name": "cell"}"#, Err("collides with \"cell-files\"")),
         ("container name shares a prefix only", Svc, r#"{"container_name": "cell-filesx"}"#, Ok),
-        // Rule 4: volumes.
-        ("mount //etc", Svc, r#"{"volumes": [{"mount": "//etc", "target": "/data"}]}"#, Err("is /etc, which is never mountable")),
-        ("mount /etc/", Svc, r#"{"volumes": [{"mount": "/etc/", "target": "/data"}]}"#, Err("is /etc, which is never mountable")),
-        ("mount /srv/../etc", Svc, r#"{"volumes": [{"mount": "/srv/../etc", "target": "/data"}]}"#, Err("is /etc, which is never mountable")),
-        ("mount /etc/../etc/shadow", Svc, r#"{"volumes": [{"mount": "/etc/../etc/shadow", "target": "/data"}]}"#, Err("volumes[0].mount: \"/etc/../etc/shadow\" is under /etc, which is never mountable")),
-        ("mount /../../etc", Svc, r#"{"volumes": [{"mount": "/../../etc/passwd", "target": "/data"}]}"#, Err("is under /etc")),
+        // Rule 4: volumes, an allow-list (PIC_HOST_MOUNT_ROOTS /srv:/mnt:/media).
+        ("mount //etc", Svc, r#"{"volumes": [{"mount": "//etc", "target": "/data"}]}"#, Err("is not a host folder services may mount (it is /etc)")),
+        ("mount /etc/", Svc, r#"{"volumes": [{"mount": "/etc/", "target": "/data"}]}"#, Err("is not a host folder services may mount")),
+        ("mount /srv/../etc", Svc, r#"{"volumes": [{"mount": "/srv/../etc", "target": "/data"}]}"#, Err("(it is /etc)")),
+        ("mount /etc/../etc/shadow", Svc, r#"{"volumes": [{"mount": "/etc/../etc/shadow", "target": "/data"}]}"#, Err("volumes[0].mount: \"/etc/../etc/shadow\" is not a host folder services may mount (it is /etc/shadow)")),
+        ("mount /../../etc", Svc, r#"{"volumes": [{"mount": "/../../etc/passwd", "target": "/data"}]}"#, Err("PIC_HOST_MOUNT_ROOTS")),
         ("mount docker.sock", Svc, r#"{"volumes": [{"mount": "/var/run/docker.sock", "target": "/sock"}]}"#, Err("names docker.sock")),
-        ("mount docker.sock elsewhere", Svc, r#"{"volumes": [{"mount": "/srv/docker.sock", "target": "/sock"}]}"#, Err("names docker.sock")),
-        ("mount /etcetera", Svc, r#"{"volumes": [{"mount": "/etcetera", "target": "/data"}]}"#, Ok),
-        ("mount /var", Svc, r#"{"volumes": [{"mount": "/var", "target": "/data"}]}"#, Err("is /var, which is never mountable")),
-        ("mount /var/lib/docker/volumes", Svc, r#"{"volumes": [{"mount": "/var/lib/docker/volumes", "target": "/data"}]}"#, Err("is under /var/lib/docker")),
-        ("mount /var/lib/other", Svc, r#"{"volumes": [{"mount": "/var/lib/other", "target": "/data"}]}"#, Ok),
-        ("mount /var/lib holds docker", Svc, r#"{"volumes": [{"mount": "/var/lib", "target": "/data"}]}"#, Err("holds /var/lib/docker")),
-        ("mount /home", Svc, r#"{"volumes": [{"mount": "/home", "target": "/data"}]}"#, Err("is /home, which is never mountable")),
-        ("mount /home/user/media", Svc, r#"{"volumes": [{"mount": "/home/user/media", "target": "/media"}]}"#, Ok),
-        ("mount under cell dir", Svc, r#"{"volumes": [{"mount": "/home/roof/pic/config", "target": "/data"}]}"#, Err("is under the cell's directory /home/roof/pic")),
-        ("mount holding cell dir", Svc, r#"{"volumes": [{"mount": "/home/roof", "target": "/data"}]}"#, Err("holds the cell's directory /home/roof/pic")),
-        ("mount under state dir", Svc, r#"{"volumes": [{"mount": "/var/lib/pic-store/data/other", "target": "/data"}]}"#, Err("is under pic-store's state directory /var/lib/pic-store")),
-        ("mount root", Svc, r#"{"volumes": [{"mount": "/", "target": "/data"}]}"#, Err("is /, which is never mountable")),
-        ("mount /proc/1", Svc, r#"{"volumes": [{"mount": "/proc/1/root", "target": "/data"}]}"#, Err("is under /proc")),
-        ("mount /run", Svc, r#"{"volumes": [{"mount": "/run", "target": "/data"}]}"#, Err("is /run")),
+        ("mount docker.sock under a root", Svc, r#"{"volumes": [{"mount": "/srv/docker.sock", "target": "/sock"}]}"#, Err("names docker.sock")),
+        ("mount Docker.Sock under a root", Svc, r#"{"volumes": [{"mount": "/mnt/x/Docker.Sock", "target": "/sock"}]}"#, Err("names docker.sock")),
+        ("mount /etcetera", Svc, r#"{"volumes": [{"mount": "/etcetera", "target": "/data"}]}"#, Err("allowed are /srv, /mnt, /media")),
+        ("mount /var", Svc, r#"{"volumes": [{"mount": "/var", "target": "/data"}]}"#, Err("is not a host folder services may mount")),
+        ("mount /var/lib/docker/volumes", Svc, r#"{"volumes": [{"mount": "/var/lib/docker/volumes", "target": "/data"}]}"#, Err("is not a host folder services may mount")),
+        ("mount /var/lib/other", Svc, r#"{"volumes": [{"mount": "/var/lib/other", "target": "/data"}]}"#, Err("is not a host folder services may mount")),
+        ("mount /home/roof/.ssh", Svc, r#"{"volumes": [{"mount": "/home/roof/.ssh", "target": "/keys"}]}"#, Err("volumes[0].mount: \"/home/roof/.ssh\" is not a host folder services may mount: allowed are /srv, /mnt, /media and what is under them (PIC_HOST_MOUNT_ROOTS)")),
+        ("mount /var/spool/cron", Svc, r#"{"volumes": [{"mount": "/var/spool/cron", "target": "/cron"}]}"#, Err("PIC_HOST_MOUNT_ROOTS")),
+        ("mount /var/lib/containerd", Svc, r#"{"volumes": [{"mount": "/var/lib/containerd", "target": "/c"}]}"#, Err("PIC_HOST_MOUNT_ROOTS")),
+        ("mount /var/log/auth.log", Svc, r#"{"volumes": [{"mount": "/var/log/auth.log", "target": "/log", "read_only": true}]}"#, Err("PIC_HOST_MOUNT_ROOTS")),
+        ("mount /var/lib/zerotier-one", Svc, r#"{"volumes": [{"mount": "/var/lib/zerotier-one", "target": "/zt"}]}"#, Err("PIC_HOST_MOUNT_ROOTS")),
+        ("mount /tmp", Svc, r#"{"volumes": [{"mount": "/tmp", "target": "/tmp"}]}"#, Err("PIC_HOST_MOUNT_ROOTS")),
+        ("mount /home", Svc, r#"{"volumes": [{"mount": "/home", "target": "/data"}]}"#, Err("is not a host folder services may mount")),
+        ("mount /home/user/media", Svc, r#"{"volumes": [{"mount": "/home/user/media", "target": "/media"}]}"#, Err("is not a host folder services may mount")),
+        ("mount /srv/media", Svc, r#"{"volumes": [{"mount": "/srv/media", "target": "/media"}]}"#, Ok),
+        ("mount /mnt/usb", Svc, r#"{"volumes": [{"mount": "/mnt/usb", "target": "/usb"}]}"#, Ok),
+        ("mount /media itself", Svc, r#"{"volumes": [{"mount": "/media/", "target": "/media"}]}"#, Ok),
+        ("mount /srv/./a//b/", Svc, r#"{"volumes": [{"mount": "/srv/./a//b/", "target": "/b"}]}"#, Ok),
+        ("mount /srvx is not under /srv", Svc, r#"{"volumes": [{"mount": "/srvx/a", "target": "/a"}]}"#, Err("is not a host folder services may mount")),
+        ("mount /srv/../mntx", Svc, r#"{"volumes": [{"mount": "/srv/../mntx", "target": "/a"}]}"#, Err("(it is /mntx)")),
+        ("mount /mnt/../.. climbs to /", Svc, r#"{"volumes": [{"mount": "/mnt/../..", "target": "/a"}]}"#, Err("(it is /)")),
+        ("mount / itself", Svc, r#"{"volumes": [{"mount": "/", "target": "/data"}]}"#, Err("is not a host folder services may mount")),
+        ("mount /etc/localtime read-only", Svc, r#"{"volumes": [{"mount": "/etc/localtime", "target": "/etc/localtime", "read_only": true}]}"#, Ok),
+        ("mount /etc/timezone read-only", Svc, r#"{"volumes": [{"mount": "/etc/timezone", "target": "/etc/timezone", "read_only": true}]}"#, Ok),
+        ("mount /etc/localtime writable", Svc, r#"{"volumes": [{"mount": "/etc/localtime", "target": "/etc/localtime"}]}"#, Err("is /etc/localtime, which may only be mounted read-only")),
+        ("mount /etc/localtime read_only false", Svc, r#"{"volumes": [{"mount": "/etc/localtime", "target": "/etc/localtime", "read_only": false}]}"#, Err("may only be mounted read-only")),
+        ("mount /etc/localtime/../shadow", Svc, r#"{"volumes": [{"mount": "/etc/localtime/../shadow", "target": "/x", "read_only": true}]}"#, Err("(it is /etc/shadow)")),
+        ("read_only a string", Svc, r#"{"volumes": [{"mount": "/srv/a", "target": "/a", "read_only": "yes"}]}"#, Err("volumes[0].read_only: expected a boolean, found a string")),
+        ("read_only on a data dir mount", Svc, r#"{"volumes": [{"mount": "config", "target": "/config", "read_only": true}]}"#, Ok),
+        ("mount under cell dir", Svc, r#"{"volumes": [{"mount": "/home/roof/pic/config", "target": "/data"}]}"#, Err("PIC_HOST_MOUNT_ROOTS")),
+        ("mount holding cell dir", Svc, r#"{"volumes": [{"mount": "/home/roof", "target": "/data"}]}"#, Err("PIC_HOST_MOUNT_ROOTS")),
+        ("mount under state dir", Svc, r#"{"volumes": [{"mount": "/var/lib/pic-store/data/other", "target": "/data"}]}"#, Err("PIC_HOST_MOUNT_ROOTS")),
+        ("mount /proc/1", Svc, r#"{"volumes": [{"mount": "/proc/1/root", "target": "/data"}]}"#, Err("is not a host folder services may mount")),
+        ("mount /run", Svc, r#"{"volumes": [{"mount": "/run", "target": "/data"}]}"#, Err("is not a host folder services may mount")),
         ("mount relative ..", Svc, r#"{"volumes": [{"mount": "../x", "target": "/data"}]}"#, Err("climbs out of the data dir")),
         ("mount relative a/../../b", Svc, r#"{"volumes": [{"mount": "a/../../b", "target": "/data"}]}"#, Err("climbs out of the data dir")),
         ("mount relative nested", Svc, r#"{"volumes": [{"mount": "db/main", "target": "/data"}]}"#, Ok),
@@ -1879,6 +2435,12 @@ mod tests {
         ("legacy caddy_route falls back", Svc, r#"{"subdomain": null, "caddy_route": {"subdomain": "calendar"}}"#, Warn("caddy_route: is the legacy form")),
         ("legacy caddy_route same as subdomain", Svc, r#"{"caddy_route": {"subdomain": "calendar"}}"#, Warn("caddy_route: is the legacy form")),
         ("legacy caddy_route reserved", Svc, r#"{"subdomain": null, "caddy_route": {"subdomain": "api"}}"#, Err("caddy_route.subdomain: \"api\" is reserved")),
+        ("legacy caddy_route with port", Svc, r#"{"subdomain": null, "backend": null, "caddy_route": {"subdomain": "calendar", "port": 5232}}"#, Warn("caddy_route: is the legacy form")),
+        ("legacy caddy_route port as text", Svc, r#"{"subdomain": null, "backend": null, "caddy_route": {"subdomain": "calendar", "port": "5232"}}"#, Warn("caddy_route: is the legacy form")),
+        ("legacy caddy_route port 0", Svc, r#"{"subdomain": null, "backend": null, "caddy_route": {"subdomain": "calendar", "port": 0}}"#, Err("caddy_route.port: 0 is outside 1-65535")),
+        ("legacy caddy_route port 70000", Svc, r#"{"subdomain": null, "backend": null, "caddy_route": {"subdomain": "calendar", "port": 70000}}"#, Err("caddy_route.port: 70000 is outside 1-65535")),
+        ("legacy caddy_route port text", Svc, r#"{"subdomain": null, "backend": null, "caddy_route": {"subdomain": "calendar", "port": "http"}}"#, Err("caddy_route.port: expected an integer, found a string")),
+        ("legacy caddy_route port and backend", Svc, r#"{"subdomain": null, "backend": null, "caddy_route": {"subdomain": "calendar", "backend": "cell-radicale:1", "port": 2}}"#, Warn("caddy_route.port: is ignored")),
         ("legacy caddy_route not an object", Svc, r#"{"caddy_route": "calendar"}"#, Err("caddy_route: expected an object, found a string")),
         // Rule 7: backends.
         ("backend localhost", Svc, r#"{"backend": "localhost:80"}"#, Err("backend: \"localhost:80\" points at localhost")),
@@ -1911,8 +2473,14 @@ mod tests {
         ("env value allowed punctuation", Svc, r#"{"env": [{"name": "URL", "value": "https://a.b/c?"}]}"#, Err("holds '?'")),
         ("env value rich but fine", Svc, r#"{"env": [{"name": "URL", "value": "https://user@a.b:80/c+d-e=f g_h"}]}"#, Ok),
         ("env value empty", Svc, r#"{"env": [{"name": "TZ", "value": ""}]}"#, Ok),
-        ("env value a number", Svc, r#"{"env": [{"name": "PORT", "value": 80}]}"#, Err("env[0].value: expected a string, found a number")),
-        ("env value missing", Svc, r#"{"env": [{"name": "TZ"}]}"#, Err("env[0].value: is required")),
+        ("env value a number", Svc, r#"{"env": [{"name": "PORT", "value": 8080}]}"#, Ok),
+        ("env value a boolean", Svc, r#"{"env": [{"name": "DEBUG", "value": true}]}"#, Ok),
+        ("env value a fraction", Svc, r#"{"env": [{"name": "RATIO", "value": 0.5}]}"#, Ok),
+        ("env value missing", Svc, r#"{"env": [{"name": "TZ"}]}"#, Ok),
+        ("env value null", Svc, r#"{"env": [{"name": "TZ", "value": null}]}"#, Ok),
+        ("env value an array", Svc, r#"{"env": [{"name": "TZ", "value": ["UTC"]}]}"#, Err("env[0].value: expected a string, number or boolean, found an array")),
+        ("env value an object", Svc, r#"{"env": [{"name": "TZ", "value": {}}]}"#, Err("expected a string, number or boolean")),
+        ("env name shadows a helper image", Svc, r#"{"helper_images": {"db": "git.pic.ngo/roof/postgres:16@sha256:<D>"}, "env": [{"name": "IMAGE_DB", "value": "x"}]}"#, Err("env[0].name: \"IMAGE_DB\" would shadow the helper image placeholder")),
         ("env name lowercase", Svc, r#"{"env": [{"name": "tz", "value": "UTC"}]}"#, Err("env[0].name: \"tz\" is not a valid name")),
         ("env name placeholder", Svc, r#"{"env": [{"name": "SERVICE_IP", "value": "1.2.3.4"}]}"#, Err("would shadow the template placeholder")),
         ("env name duplicate", Svc, r#"{"env": [{"name": "TZ", "value": "UTC"}, {"name": "TZ", "value": "CET"}]}"#, Err("env[1].name: \"TZ\" is set twice")),
@@ -1948,6 +2516,47 @@ mod tests {
         ("connectivity mode bad", Conn, r#"{"connectivity": {"mode": "tunnel"}}"#, Err("connectivity.mode: \"tunnel\" is not \"redirect\" or \"route\"")),
         ("connectivity route", Conn, r#"{"connectivity": {"mode": "route"}}"#, Ok),
         ("connectivity not instanceable", Conn, r#"{"instanceable": false, "connectivity": null}"#, Ok),
+        // Rule 14: helper images.
+        ("helper image", Svc, r#"{"helper_images": {"db": "git.pic.ngo/roof/postgres:16.4@sha256:<D>", "cache_2": "git.pic.ngo/roof/redis:7@sha256:<D>"}}"#, Ok),
+        ("helper image vendor", Svc, r#"{"helper_images": {"mail": "mailserver/docker-mailserver:13@sha256:<D>"}}"#, Ok),
+        ("helper image empty object", Svc, r#"{"helper_images": {}}"#, Ok),
+        ("helper image docker hub", Svc, r#"{"helper_images": {"db": "postgres:16@sha256:<D>"}}"#, Err("helper_images.db: \"postgres:16@sha256:")),
+        ("helper image untrusted", Svc, r#"{"helper_images": {"db": "evil/postgres:16@sha256:<D>"}}"#, Err("is neither from the store's registry")),
+        ("helper image no digest", Svc, r#"{"helper_images": {"db": "git.pic.ngo/roof/postgres:16"}}"#, Warn("helper_images.db: \"git.pic.ngo/roof/postgres:16\" has no @sha256 digest")),
+        ("helper image bad digest", Svc, r#"{"helper_images": {"db": "git.pic.ngo/roof/postgres:16@sha256:abc"}}"#, Err("has an invalid digest")),
+        ("helper key upper case", Svc, r#"{"helper_images": {"DB": "git.pic.ngo/roof/postgres:16@sha256:<D>"}}"#, Err("helper_images.DB: \"DB\" is not a valid key")),
+        ("helper key with dash", Svc, r#"{"helper_images": {"my-db": "git.pic.ngo/roof/postgres:16@sha256:<D>"}}"#, Err("is not a valid key")),
+        ("helper key starts with digit", Svc, r#"{"helper_images": {"1db": "git.pic.ngo/roof/postgres:16@sha256:<D>"}}"#, Err("is not a valid key")),
+        ("helper key 16 chars", Svc, r#"{"helper_images": {"abcdefghijklmnop": "git.pic.ngo/roof/postgres:16@sha256:<D>"}}"#, Ok),
+        ("helper key 17 chars", Svc, r#"{"helper_images": {"abcdefghijklmnopq": "git.pic.ngo/roof/postgres:16@sha256:<D>"}}"#, Err("is not a valid key")),
+        ("helper images nine", Svc, r#"{"helper_images": {"a": "git.pic.ngo/roof/a@sha256:<D>", "b": "git.pic.ngo/roof/a@sha256:<D>", "c": "git.pic.ngo/roof/a@sha256:<D>", "d": "git.pic.ngo/roof/a@sha256:<D>", "e": "git.pic.ngo/roof/a@sha256:<D>", "f": "git.pic.ngo/roof/a@sha256:<D>", "g": "git.pic.ngo/roof/a@sha256:<D>", "h": "git.pic.ngo/roof/a@sha256:<D>", "i": "git.pic.ngo/roof/a@sha256:<D>"}}"#, Err("helper_images: has 9 entries; at most 8")),
+        ("helper images an array", Svc, r#"{"helper_images": ["git.pic.ngo/roof/a@sha256:<D>"]}"#, Err("helper_images: expected an object, found an array")),
+        ("helper image a number", Svc, r#"{"helper_images": {"db": 5}}"#, Err("helper_images.db: expected a string, found a number")),
+        // Rule 15: settings.
+        ("setting secret generated", Svc, r#"{"settings": [{"name": "ADMIN_PASSWORD", "label": "Admin password", "type": "secret", "generate": 32}]}"#, Ok),
+        ("setting every type", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "string", "default": "x y"}, {"name": "B", "label": "b", "type": "number", "default": 8080}, {"name": "C", "label": "c", "type": "boolean", "default": false}, {"name": "D", "label": "d", "type": "choice", "choices": ["s", "m"], "default": "m"}, {"name": "E", "label": "e", "type": "secret", "required": true}]}"#, Ok),
+        ("setting name lower case", Svc, r#"{"settings": [{"name": "admin", "label": "a", "type": "string"}]}"#, Err("settings[0].name: \"admin\" is not a valid name")),
+        ("setting name a placeholder", Svc, r#"{"settings": [{"name": "DATA_DIR", "label": "a", "type": "string"}]}"#, Err("settings[0].name: \"DATA_DIR\" would shadow the template placeholder")),
+        ("setting name an env name", Svc, r#"{"settings": [{"name": "TZ", "label": "a", "type": "string"}]}"#, Err("settings[0].name: \"TZ\" is also an env name")),
+        ("setting name a helper image", Svc, r#"{"helper_images": {"db": "git.pic.ngo/roof/postgres:16@sha256:<D>"}, "settings": [{"name": "IMAGE_DB", "label": "a", "type": "string"}]}"#, Err("would shadow the helper image placeholder")),
+        ("setting twice", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "string"}, {"name": "A", "label": "b", "type": "string"}]}"#, Err("settings[1].name: \"A\" is declared twice")),
+        ("setting type unknown", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "file"}]}"#, Err("settings[0].type: \"file\" is not one of string, secret, number, boolean, choice")),
+        ("setting label missing", Svc, r#"{"settings": [{"name": "A", "type": "string"}]}"#, Err("settings[0].label: is required")),
+        ("setting choice without choices", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "choice"}]}"#, Err("settings[0].choices: is required for type \"choice\"")),
+        ("setting choices empty", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "choice", "choices": []}]}"#, Err("settings[0].choices: has 0 values; 1 to 32")),
+        ("setting choices on a string", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "string", "choices": ["x"]}]}"#, Err("settings[0].choices: is only allowed with type \"choice\"")),
+        ("setting choice with $", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "choice", "choices": ["$HOME"]}]}"#, Err("settings[0].choices[0]: \"$HOME\" holds '$'")),
+        ("setting default not a choice", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "choice", "choices": ["s"], "default": "l"}]}"#, Err("settings[0].default: \"l\" is not one of the choices (s)")),
+        ("setting default not a number", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "number", "default": "ten"}]}"#, Err("settings[0].default: \"ten\" is not a number")),
+        ("setting default not a boolean", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "boolean", "default": "yes"}]}"#, Err("settings[0].default: \"yes\" is not true or false")),
+        ("setting default with backtick", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "string", "default": "`id`"}]}"#, Err("settings[0].default: \"`id`\" holds '`'")),
+        ("setting generate on a string", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "string", "generate": 32}]}"#, Err("settings[0].generate: is only allowed with type \"secret\"")),
+        ("setting generate 15", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "secret", "generate": 15}]}"#, Err("settings[0].generate: 15 is not a length of 16-64")),
+        ("setting generate 65", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "secret", "generate": 65}]}"#, Err("65 is not a length of 16-64")),
+        ("setting generate 16 and 64", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "secret", "generate": 16}, {"name": "B", "label": "b", "type": "secret", "generate": 64}]}"#, Ok),
+        ("setting required not a boolean", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "string", "required": "yes"}]}"#, Err("settings[0].required: expected a boolean")),
+        ("setting unknown key", Svc, r#"{"settings": [{"name": "A", "label": "a", "type": "string", "hint": "x"}]}"#, Warn("settings[0].hint: unknown field")),
+        ("settings not an array", Svc, r#"{"settings": {"A": "x"}}"#, Err("settings: expected an array, found an object")),
         // Rule 13: other fields.
         ("unknown field", Svc, r#"{"privileged": true}"#, Warn("privileged: unknown field, ignored")),
         ("odd unknown field", Svc, r#"{"a b\n": 1}"#, Warn("\"a b\\n\": unknown field")),
@@ -2005,7 +2614,7 @@ mod tests {
         assert_eq!(report.errors.len(), 5, "{:#?}", report.errors);
         for expected in [
             "container_name: \"cell-api\" is a core container",
-            "volumes[0].mount: \"/etc\" is /etc, which is never mountable",
+            "volumes[0].mount: \"/etc\" is not a host folder services may mount: allowed are /srv, /mnt, /media and what is under them (PIC_HOST_MOUNT_ROOTS), and /etc/localtime and /etc/timezone read-only",
             "iptables_rules[0].dest_port: 0 is outside 1-65535",
             "backend: \"localhost:5232\" points at localhost",
             "cap_add[0]: \"SYS_ADMIN\" is not allowed",
@@ -2154,7 +2763,7 @@ mod tests {
             let (valid, report) = validate(input, &rules);
             assert!(valid.is_none());
             assert!(report.has_errors());
-            assert!(report.errors.iter().all(|e| e.len() < 1024), "{report:#?}");
+            assert!(report.errors.iter().all(|e| e.len() < 1536), "{report:#?}");
         }
     }
 
@@ -2194,33 +2803,177 @@ mod tests {
     }
 
     #[test]
-    fn forbidden_host_paths() {
-        let cell = Path::new("/home/roof/pic/");
-        let state = Path::new("/var/lib/pic-store");
-        let refused = |p: &str| forbidden_host_path(p, cell, state);
+    fn host_paths_are_an_allow_list() {
+        let roots = ["/srv", "/mnt", "/media"].map(PathBuf::from);
+        let places = HostPlaces {
+            roots: &roots,
+            cell_dir: Path::new("/home/roof/pic/"),
+            state_dir: Path::new("/srv/pic-store"),
+        };
+        let rw = |p: &str| host_path_problem(p, Access::ReadWrite, &places);
+        let ro = |p: &str| host_path_problem(p, Access::ReadOnly, &places);
         for bad in [
             "/",
             "/etc",
             "/etc/../etc/shadow",
             "/var/run/docker.sock",
             "/srv/Docker.Sock",
-            "/var/lib/docker/../docker",
+            "/home/roof/.ssh",
+            "/var/spool/cron",
+            "/var/lib/containerd",
+            "/var/log/auth.log",
+            "/var/lib/zerotier-one",
+            "/tmp",
+            "/srvx",
+            "/srv/../tmp",
             "/home/roof/pic",
-            "/home/roof/pic/../pic/x",
-            "/var/lib/pic-store",
+            "/srv/pic-store",
+            "/srv/pic-store/data/x",
+            "/srv",
             "relative",
         ] {
-            assert!(refused(bad).is_some(), "{bad:?} should be refused");
+            assert!(rw(bad).is_some(), "{bad:?} should be refused");
+            assert!(ro(bad).is_some(), "{bad:?} should be refused read-only too");
         }
+        assert!(rw("/srv").is_some_and(|m| m.contains("holds pic-store's state directory")));
         for good in [
             "/srv/media",
-            "/etcetera",
             "/mnt/usb",
-            "/home/roof/picx",
-            "/var/lib/other",
+            "/media",
+            "/mnt/./usb//x/",
+            "/srv/pic-storex",
         ] {
-            assert_eq!(refused(good), None, "{good:?}");
+            assert_eq!(rw(good), None, "{good:?}");
         }
+        for time in ["/etc/localtime", "/etc/timezone", "/etc//localtime"] {
+            assert_eq!(ro(time), None, "{time:?}");
+            assert!(rw(time).is_some(), "{time:?} writable");
+        }
+        let no_roots = HostPlaces {
+            roots: &[],
+            ..places
+        };
+        let msg = host_path_problem("/srv/a", Access::ReadWrite, &no_roots);
+        assert!(msg.is_some_and(|m| m.contains("allowed are none")));
+    }
+
+    #[test]
+    fn long_image_references_are_quoted_whole() {
+        let env = env();
+        let image = format!(
+            "evil.example/{}:{}@sha256:{DIGEST}",
+            "a".repeat(240),
+            "t".repeat(120)
+        );
+        let m = patched(service_base(), &json!({"image": image}).to_string());
+        let (_, report) = validate(&m, &rules(&env));
+        assert!(
+            report
+                .errors
+                .iter()
+                .any(|e| e.contains(&format!("{image:?}"))),
+            "{report:#?}"
+        );
+    }
+
+    #[test]
+    fn at_most_32_settings() {
+        let settings: Vec<Value> = (0..33)
+            .map(|i| json!({"name": format!("S{i}"), "label": "s", "type": "string"}))
+            .collect();
+        let mut m = service_base();
+        m["settings"] = Value::Array(settings.clone());
+        let env = env();
+        let (valid, report) = validate(&m, &rules(&env));
+        assert!(valid.is_none());
+        assert!(
+            report
+                .errors
+                .iter()
+                .any(|e| e.contains("settings: has 33 entries; at most 32")),
+            "{report:?}"
+        );
+        m["settings"] = Value::Array(settings[..32].to_vec());
+        let (valid, report) = validate(&m, &rules(&env));
+        assert!(valid.is_some(), "{report:?}");
+        assert_eq!(valid.unwrap().settings.len(), 32);
+    }
+
+    #[test]
+    fn legacy_port_routes_to_the_container() {
+        let env = env();
+        let m = patched(
+            service_base(),
+            r#"{"subdomain": null, "backend": null, "caddy_route": {"subdomain": "calendar", "port": 5232}}"#,
+        );
+        let (valid, report) = validate(&m, &rules(&env));
+        let valid = valid.unwrap_or_else(|| panic!("{report:?}"));
+        assert_eq!(
+            valid.routes,
+            vec![("calendar".to_string(), "cell-radicale:5232".to_string())]
+        );
+    }
+
+    #[test]
+    fn env_values_of_the_seed_are_taken_as_text() {
+        let env = env();
+        let m = patched(
+            service_base(),
+            r#"{"env": [{"name": "PORT", "value": 8080}, {"name": "DEBUG", "value": false}, {"name": "EMPTY"}]}"#,
+        );
+        let (valid, report) = validate(&m, &rules(&env));
+        let valid = valid.unwrap_or_else(|| panic!("{report:?}"));
+        let values: Vec<(&str, &str)> = valid
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(
+            values,
+            vec![("PORT", "8080"), ("DEBUG", "false"), ("EMPTY", "")]
+        );
+    }
+
+    #[test]
+    fn helper_images_and_read_only_volumes_are_kept() {
+        let env = env();
+        let m = patched(
+            service_base(),
+            r#"{"helper_images": {"db": "git.pic.ngo/roof/postgres:16@sha256:<D>"},
+                "volumes": [{"mount": "/mnt/music", "target": "/music", "read_only": true}]}"#,
+        );
+        let (valid, report) = validate(&m, &rules(&env));
+        let valid = valid.unwrap_or_else(|| panic!("{report:?}"));
+        assert_eq!(
+            valid.helper_images["db"],
+            format!("git.pic.ngo/roof/postgres:16@sha256:{DIGEST}")
+        );
+        assert!(valid.volumes[0].read_only);
+        assert_eq!(helper_placeholder("cache_2"), "IMAGE_CACHE_2");
+    }
+
+    #[test]
+    fn best_effort_fills_what_the_manifest_cannot_give() {
+        let env = env();
+        let m = patched(
+            service_base(),
+            r#"{"id": "Bad Id", "image": "evil/x:1", "container_name": "cell-api", "name": null,
+                "volumes": [{"mount": "/etc", "target": "/data"}, {"mount": "ok", "target": "/ok"}],
+                "env": [{"name": "TZ", "value": "UTC"}]}"#,
+        );
+        let (valid, report) = validate(&m, &rules(&env));
+        assert!(valid.is_none() && report.errors.len() >= 4, "{report:?}");
+        let sample = best_effort(&m, &rules(&env), Some("radicale")).unwrap();
+        assert_eq!(sample.id.as_str(), "radicale");
+        // What the author wrote is kept where a template can hold it, so
+        // the template is not blamed for the manifest's error.
+        assert_eq!(sample.image, "evil/x:1");
+        assert_eq!(sample.container_name, "cell-api");
+        assert_eq!(sample.volumes.len(), 1);
+        assert_eq!(sample.env.len(), 1);
+        let none = best_effort(&json!({}), &rules(&env), None).unwrap();
+        assert_eq!(none.id.as_str(), "sample");
+        assert!(best_effort(&json!([]), &rules(&env), None).is_none());
     }
 
     #[test]

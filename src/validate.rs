@@ -101,12 +101,15 @@ fn rules(config: &Config) -> Rules<'_> {
         image_registry: &config.image_registry,
         cell_dir: &config.cell_dir,
         state_dir: &config.state_dir,
+        mount_roots: &config.host_mount_roots,
         verification: VerificationMode::Warn,
         taken: Vec::new(),
     }
 }
 
-fn check_manifest(config: &Config, path: &Path) -> (Option<manifest::ValidManifest>, Vec<Finding>) {
+/// The manifest's JSON (`None` when it cannot be read as JSON) and what
+/// the validator found in it.
+fn check_manifest(config: &Config, path: &Path) -> (Option<serde_json::Value>, Vec<Finding>) {
     let file = path.display().to_string();
     let bytes = match files::read(path) {
         Ok(b) => b,
@@ -116,15 +119,19 @@ fn check_manifest(config: &Config, path: &Path) -> (Option<manifest::ValidManife
         Ok(v) => v,
         Err(e) => return (None, vec![error(&file, format!("not JSON: {e}"))]),
     };
-    let (valid, report) = manifest::validate(&value, &rules(config));
-    (valid, findings(&file, report))
+    let (_, report) = manifest::validate(&value, &rules(config));
+    (Some(value), findings(&file, report))
 }
 
 /// The manifest, then the template rendered with sample values (the pool's
-/// first address; instance values for instanceable services) and checked
-/// by every rule of spec §7 through `docker compose config`.
+/// first address; instance values for instanceable services; each
+/// setting's default or a value of its type) and checked by every rule of
+/// spec §7 through `docker compose config`. The template is checked even
+/// when the manifest has errors, with samples for what the manifest cannot
+/// give, so one run lists every error of both files (spec §7 item 6).
 fn check_folder(config: &Config, dir: &Path) -> Vec<Finding> {
-    let (valid, mut found) = check_manifest(config, &dir.join("manifest.json"));
+    let (value, mut found) = check_manifest(config, &dir.join("manifest.json"));
+    let manifest_ok = value.is_some() && !found.iter().any(|f| f.error);
     let template_path = dir.join("compose-template.yml");
     let file = template_path.display().to_string();
     let template = match files::read_to_string(&template_path) {
@@ -134,15 +141,23 @@ fn check_folder(config: &Config, dir: &Path) -> Vec<Finding> {
             return found;
         }
     };
-    let Some(m) = valid else {
+    let folder_id = dir.file_name().and_then(|n| n.to_str());
+    let value = value.unwrap_or_else(|| serde_json::json!({}));
+    let Some(mut m) = manifest::best_effort(&value, &rules(config), folder_id) else {
         return found;
     };
-    if let Some(id) = dir.file_name().and_then(|n| n.to_str()) {
+    if let Some(id) = folder_id.filter(|_| manifest_ok) {
         if id != m.id.as_str() {
             found.push(error(
                 &dir.join("manifest.json").display().to_string(),
                 format!("id {:?} differs from its folder name {id:?}", m.id.as_str()),
             ));
+        }
+    }
+    let samples = crate::compose::Vars::sample_settings(&m);
+    for setting in &mut m.settings {
+        if setting.default.is_none() {
+            setting.default = samples.get(&setting.name).cloned();
         }
     }
     let ip = (!m.instanceable).then_some(config.service_pool.first);

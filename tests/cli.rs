@@ -271,3 +271,172 @@ fn token_is_made_once_with_mode_0600() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+/// A corpus case of `tests/compose_corpus/apps/`: `# expect: ok` or one or
+/// more `# expect: refused: TEXT` lines, an optional `# manifest: {JSON}`
+/// patch over the default manifest (`<R>` the registry, `<D>` a digest,
+/// `<C>` the container name), then the template.
+struct AppCase {
+    name: String,
+    refusals: Vec<String>,
+    accepted: bool,
+    manifest: Value,
+    template: String,
+}
+
+fn app_case(name: &str, text: &str) -> AppCase {
+    let id = name.trim_end_matches(".yml").to_string();
+    let container = format!("{id}-app");
+    let mut manifest = json!({
+        "id": id, "name": "App", "version": "1.0", "author": "tests",
+        "image": format!("{IMAGE_PREFIX}{id}:1.0@{DIGEST}"),
+        "container_name": container,
+    });
+    let (mut refusals, mut accepted) = (Vec::new(), false);
+    for line in text.lines().take_while(|l| l.starts_with("# ")) {
+        if let Some(e) = line.strip_prefix("# expect: ") {
+            match e.strip_prefix("refused: ") {
+                Some(text) => refusals.push(text.to_string()),
+                None => accepted = e == "ok",
+            }
+        } else if let Some(patch) = line.strip_prefix("# manifest: ") {
+            let patch = patch
+                .replace("<R>", IMAGE_PREFIX)
+                .replace("<D>", DIGEST.trim_start_matches("sha256:"))
+                .replace("<C>", &container);
+            let patch: Value = serde_json::from_str(&patch)
+                .unwrap_or_else(|e| panic!("{name}: bad manifest patch: {e}"));
+            for (k, v) in patch.as_object().unwrap() {
+                if v.is_null() {
+                    manifest.as_object_mut().unwrap().remove(k);
+                } else {
+                    manifest[k] = v.clone();
+                }
+            }
+        }
+    }
+    assert!(
+        accepted == refusals.is_empty(),
+        "{name}: needs exactly one of `# expect: ok` and `# expect: refused: ...`"
+    );
+    AppCase {
+        name: name.to_string(),
+        refusals,
+        accepted,
+        manifest,
+        template: text.to_string(),
+    }
+}
+
+/// Templates in the styles of real app stores (an app with its database or
+/// cache, CasaOS `deploy` and `x-casaos`, Umbrel's proxy glue turned into
+/// routes, Runtipi's `dns`, comments holding variables, ...), each a service
+/// folder of one store, checked by one run of `pic-store validate`: every
+/// harmless one passes, every dangerous one is refused for its reason.
+#[test]
+fn validate_judges_the_app_store_corpus_by_its_reasons() {
+    if !require_rig() {
+        return;
+    }
+    let dir = TempDir::with_prefix("pic-validate-apps");
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compose_corpus/apps");
+    let mut names: Vec<String> = fs::read_dir(&corpus)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yml"))
+        .collect();
+    names.sort();
+    let cases: Vec<AppCase> = names
+        .iter()
+        .map(|n| app_case(n, &fs::read_to_string(corpus.join(n)).unwrap()))
+        .collect();
+    let accepted = cases.iter().filter(|c| c.accepted).count();
+    assert!(cases.len() >= 60, "the corpus has {} cases", cases.len());
+    assert!(accepted >= 20 && cases.len() - accepted >= 20);
+    let mut store = Store::new(&dir);
+    for c in &cases {
+        let id = c.manifest["id"].as_str().unwrap().to_string();
+        store.add(&id, c.manifest.clone(), &c.template);
+    }
+    let out = pic(&dir, &[], &["validate", store.root().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut failures = Vec::new();
+    for c in &cases {
+        let marker = format!("/services/{}/", c.manifest["id"].as_str().unwrap());
+        let errors: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.contains(&marker) && l.contains(": error: "))
+            .collect();
+        if c.accepted {
+            if !errors.is_empty() {
+                failures.push(format!("{}: should pass, got {errors:#?}", c.name));
+            }
+            continue;
+        }
+        for want in &c.refusals {
+            if !errors.iter().any(|e| e.contains(want.as_str())) {
+                failures.push(format!(
+                    "{}: should be refused with {want:?}, got {errors:#?}",
+                    c.name
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases misjudged:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// Spec §7 item 6: a manifest error does not hide the template's errors;
+/// one run lists both files' problems.
+#[test]
+fn validate_reports_manifest_and_template_errors_in_one_run() {
+    if !require_rig() {
+        return;
+    }
+    let dir = TempDir::with_prefix("pic-validate-both");
+    let mut store = Store::new(&dir);
+    let manifest = json!({
+        "id": "both", "name": "Both", "version": "1", "author": "a",
+        "image": "docker.io/library/nginx:1", "container_name": "both",
+        "volumes": [{"mount": "/home/roof/.ssh", "target": "/keys"}],
+    });
+    let template = "services:\n  web:\n    image: ${IMAGE}\n    container_name: ${CONTAINER_NAME}\n    privileged: true\n    networks: [${NETWORK}]\nnetworks:\n  ${NETWORK}:\n    external: true\n";
+    store.add("both", manifest, template);
+    let folder = store.root().join("services/both");
+    let out = pic(&dir, &[], &["validate", folder.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let manifest_file = format!("{}: error: ", folder.join("manifest.json").display());
+    let template_file = format!("{}: error: ", folder.join("compose-template.yml").display());
+    let has = |prefix: &str, text: &str| {
+        stdout
+            .lines()
+            .any(|l| l.starts_with(prefix) && l.contains(text))
+    };
+    assert!(
+        has(
+            &manifest_file,
+            "image: \"docker.io/library/nginx:1\" is neither from the store's registry"
+        ),
+        "{stdout}"
+    );
+    assert!(has(&manifest_file, "PIC_HOST_MOUNT_ROOTS"), "{stdout}");
+    assert!(
+        has(
+            &template_file,
+            "service \"web\": key \"privileged\" is only allowed as false (true)"
+        ),
+        "{stdout}"
+    );
+    // The manifest's own (refused) image is what the template was checked
+    // against, so the template is not blamed for the manifest's error.
+    assert!(!has(&template_file, "key \"image\""), "{stdout}");
+}

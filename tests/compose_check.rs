@@ -64,6 +64,7 @@ fn manifest(context: Context) -> Manifest {
         volumes: vec![Volume {
             mount: "/srv/media".into(),
             target: "/media".into(),
+            read_only: false,
         }],
         env: vec![
             EnvVar {
@@ -81,6 +82,8 @@ fn manifest(context: Context) -> Manifest {
         provision_hook: None,
         instanceable: connectivity,
         connectivity: None,
+        helper_images: BTreeMap::new(),
+        settings: vec![],
         extra: BTreeMap::new(),
     }
 }

@@ -25,6 +25,7 @@ const VARIABLES: &[&str] = &[
     "PIC_ALLOWED_HOSTS",
     "PIC_CELL_DOMAIN",
     "PIC_CELL_DIR",
+    "PIC_HOST_MOUNT_ROOTS",
     "PIC_IMAGE_REGISTRY",
     "PIC_NETWORK",
     "PIC_SERVICE_POOL",

@@ -173,10 +173,16 @@ fn shape(m: &manifest::ValidManifest, config: &Config) -> (usize, usize, usize, 
 #[test]
 fn every_field_refuses_or_contains_every_payload() {
     let config = Config::from_lookup(|_| None).unwrap();
+    let roots = [
+        std::path::PathBuf::from("/srv"),
+        "/mnt".into(),
+        "/media".into(),
+    ];
     let rules = Rules {
         image_registry: "git.pic.ngo/roof/",
         cell_dir: Path::new("/home/roof/pic"),
         state_dir: Path::new("/var/lib/pic-store"),
+        mount_roots: &roots,
         verification: VerificationMode::Warn,
         taken: vec![],
     };
@@ -245,10 +251,16 @@ fn every_field_refuses_or_contains_every_payload() {
 
 #[test]
 fn non_utf8_and_deep_input_is_one_clear_error() {
+    let roots = [
+        std::path::PathBuf::from("/srv"),
+        "/mnt".into(),
+        "/media".into(),
+    ];
     let rules = Rules {
         image_registry: "git.pic.ngo/roof/",
         cell_dir: Path::new("/home/roof/pic"),
         state_dir: Path::new("/var/lib/pic-store"),
+        mount_roots: &roots,
         verification: VerificationMode::Warn,
         taken: vec![],
     };

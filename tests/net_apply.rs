@@ -181,6 +181,8 @@ fn manifest(id: &str) -> Manifest {
         provision_hook: None,
         instanceable: false,
         connectivity: None,
+        helper_images: Default::default(),
+        settings: vec![],
         extra: Default::default(),
     }
 }

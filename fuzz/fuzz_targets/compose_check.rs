@@ -16,6 +16,7 @@ use std::net::Ipv4Addr;
 use std::sync::LazyLock;
 
 const IMAGE: &str = "git.pic.ngo/roof/web:1@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+const DB_IMAGE: &str = "git.pic.ngo/roof/postgres:16@sha256:60e3e4c1d9a1c2b7c9d4e3b2a1f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a392";
 const IP: Ipv4Addr = Ipv4Addr::new(172, 20, 0, 42);
 const INSTANCE: &str = "home";
 const REDIRECT_PORT: u16 = 12001;
@@ -42,10 +43,18 @@ fn manifest(kind: Kind) -> Manifest {
         image: IMAGE.into(),
         container_name: "cell-web".into(),
         requires: vec![],
-        volumes: vec![Volume {
-            mount: "/srv/media".into(),
-            target: "/media".into(),
-        }],
+        volumes: vec![
+            Volume {
+                mount: "/srv/media".into(),
+                target: "/media".into(),
+                read_only: false,
+            },
+            Volume {
+                mount: "/mnt/music".into(),
+                target: "/music".into(),
+                read_only: true,
+            },
+        ],
         env: vec![
             EnvVar {
                 name: "TZ".into(),
@@ -62,6 +71,8 @@ fn manifest(kind: Kind) -> Manifest {
         provision_hook: None,
         instanceable: kind == Kind::Connectivity,
         connectivity: None,
+        helper_images: [("db".to_string(), DB_IMAGE.to_string())].into(),
+        settings: vec![],
         extra: BTreeMap::new(),
     }
 }

@@ -6,11 +6,16 @@
 
 use libfuzzer_sys::fuzz_target;
 use pic_store::manifest::{self, Kind, Manifest, Rules, Taken, VerificationMode};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const REGISTRY: &str = "git.pic.ngo/roof/";
 const CELL_DIR: &str = "/home/roof/pic";
 const STATE_DIR: &str = "/var/lib/pic-store";
+
+/// `PIC_HOST_MOUNT_ROOTS`'s default.
+fn mount_roots() -> Vec<PathBuf> {
+    ["/srv", "/mnt", "/media"].map(PathBuf::from).to_vec()
+}
 
 /// Another installed service, so rules 3 and 6 have something to collide with.
 fn taken() -> Taken {
@@ -28,10 +33,12 @@ fuzz_target!(|data: &[u8]| {
         1 => VerificationMode::Warn,
         _ => VerificationMode::Enforce,
     };
+    let roots = mount_roots();
     let rules = Rules {
         image_registry: REGISTRY,
         cell_dir: Path::new(CELL_DIR),
         state_dir: Path::new(STATE_DIR),
+        mount_roots: &roots,
         verification,
         taken: vec![taken()],
     };
@@ -74,10 +81,29 @@ fn keeps_the_rules(m: &Manifest, verification: VerificationMode) {
         assert!(!v.mount.contains("docker.sock"), "{:?}", v.mount);
         if v.mount.starts_with('/') {
             let p = manifest::normalize_path(&v.mount);
+            let roots = mount_roots();
+            let places = manifest::HostPlaces {
+                roots: &roots,
+                cell_dir: Path::new(CELL_DIR),
+                state_dir: Path::new(STATE_DIR),
+            };
+            let access = if v.read_only {
+                manifest::Access::ReadOnly
+            } else {
+                manifest::Access::ReadWrite
+            };
             assert!(
-                manifest::forbidden_host_path(&p, Path::new(CELL_DIR), Path::new(STATE_DIR))
-                    .is_none(),
+                manifest::host_path_problem(&p, access, &places).is_none(),
                 "forbidden mount {:?} accepted",
+                v.mount
+            );
+            // The allow-list: under a root by whole components, or a
+            // time file read-only.
+            let under_root = roots.iter().any(|r| Path::new(&p).starts_with(r));
+            let time_file = manifest::TIME_FILES.contains(&p.as_str()) && v.read_only;
+            assert!(
+                under_root || time_file,
+                "mount {:?} is outside the roots",
                 v.mount
             );
         } else {
@@ -101,6 +127,33 @@ fn keeps_the_rules(m: &Manifest, verification: VerificationMode) {
             !reaches_the_cell(backend),
             "backend {backend:?} reaches the cell"
         );
+    }
+    assert!(
+        m.helper_images.len() <= 8,
+        "{} helper images",
+        m.helper_images.len()
+    );
+    for (key, image) in &m.helper_images {
+        assert!(
+            key.len() <= 16 && key.starts_with(|c: char| c.is_ascii_lowercase()),
+            "helper key {key:?}"
+        );
+        image_is_allowed(image, verification);
+    }
+    assert!(m.settings.len() <= 32, "{} settings", m.settings.len());
+    for s in &m.settings {
+        assert!(is_env_name(&s.name), "setting name {:?}", s.name);
+        assert!(
+            !m.env.iter().any(|e| e.name == s.name),
+            "setting {:?} is an env name",
+            s.name
+        );
+        if let Some(d) = &s.default {
+            assert!(is_env_value(d), "setting default {d:?}");
+        }
+        if let Some(n) = s.generate {
+            assert!((16..=64).contains(&n), "generate {n}");
+        }
     }
     for e in &m.env {
         assert!(is_env_name(&e.name), "env name {:?}", e.name);

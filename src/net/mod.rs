@@ -227,6 +227,8 @@ pub(crate) mod tests {
             provision_hook: None,
             instanceable: false,
             connectivity: None,
+            helper_images: Default::default(),
+            settings: vec![],
             extra: Default::default(),
         }
     }

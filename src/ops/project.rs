@@ -122,8 +122,10 @@ pub(crate) fn guard_binds(config: &Config, file: &Path) -> Result<()> {
 }
 
 pub(crate) fn pull(ctx: &mut Ctx, project: &Project) -> Result<()> {
+    // Every profile: each helper image is pulled and checked at install,
+    // also one that only a profile turned off by default runs.
     let cmd = compose::compose_cmd(ctx.config, project)
-        .args(["pull"])
+        .args(["--profile", "*", "pull"])
         .timeout(PULL_TIMEOUT);
     let host = ctx.host;
     host.run_with_progress(&cmd, &mut *ctx.progress).map(|_| ())

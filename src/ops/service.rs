@@ -53,6 +53,7 @@ fn rules<'a>(config: &'a Config, state: &State, id: &str) -> Rules<'a> {
         image_registry: &config.image_registry,
         cell_dir: &config.cell_dir,
         state_dir: &config.state_dir,
+        mount_roots: &config.host_mount_roots,
         verification: state.settings.image_verification_mode,
         taken: state.taken_names(id),
     }
@@ -145,21 +146,47 @@ pub(crate) fn sample_instance() -> (String, u16, u32, u32) {
 }
 
 /// Checks the pulled image against the manifest's pin and, when a key is
-/// configured, its cosign signature. Returns the matching repo digest.
+/// configured, its cosign signature; then each helper image the same way
+/// (spec §6 rule 14). Returns the main image's repo digest.
 fn verify_image(
     ctx: &mut Ctx,
     m: &ValidManifest,
     mode: VerificationMode,
     warnings: &mut Vec<String>,
 ) -> Result<Option<String>> {
-    let digests = docker::repo_digests(ctx.host, ctx.config, &m.image)?;
-    let (repo, pin) = split_pin(&m.image);
+    let digest = verify_one_image(ctx, m.id.as_str(), &m.image, mode, warnings)?;
+    for (key, image) in &m.helper_images {
+        verify_one_image(ctx, m.id.as_str(), image, mode, warnings).map_err(|e| {
+            Error::failed(
+                "helper image check",
+                format!("helper_images.{key} ({image}): {e}"),
+            )
+        })?;
+    }
+    Ok(digest)
+}
+
+fn verify_one_image(
+    ctx: &mut Ctx,
+    id: &str,
+    image: &str,
+    mode: VerificationMode,
+    warnings: &mut Vec<String>,
+) -> Result<Option<String>> {
+    let digests = docker::repo_digests(ctx.host, ctx.config, image)?;
+    let (repo, pin) = split_pin(image);
     let found = digests
         .iter()
         .find(|d| d.split_once('@').map(|(_, h)| h) == pin)
         .cloned();
     let digest = match (pin, &found) {
         (Some(_), Some(d)) => d.split_once('@').map(|(_, h)| h.to_string()),
+        (Some(_), None) if digests.is_empty() => {
+            return Err(Error::failed(
+                "image check",
+                format!("{image} is not there after the pull"),
+            ))
+        }
         (Some(p), None) => {
             return Err(Error::failed(
                 "image check",
@@ -170,12 +197,12 @@ fn verify_image(
             ))
         }
         (None, _) => {
-            let msg = format!("{} is not pinned by digest", m.image);
+            let msg = format!("{image} is not pinned by digest");
             if mode == VerificationMode::Enforce {
                 return Err(Error::failed("image check", msg));
             }
             if mode == VerificationMode::Warn {
-                log::warn!("{}: {msg}", m.id);
+                log::warn!("{id}: {msg}");
                 warnings.push(msg);
             }
             digests
@@ -189,17 +216,17 @@ fn verify_image(
             let cmd = crate::host::Cmd::new(&ctx.config.cosign)
                 .args(["verify", "--key"])
                 .arg(key.display().to_string())
-                .arg(&m.image)
+                .arg(image)
                 .timeout(COSIGN_TIMEOUT);
             if let Err(e) = ctx.host.run(&cmd) {
                 if mode == VerificationMode::Enforce {
                     return Err(Error::failed("signature check", e));
                 }
-                let msg = format!("signature check of {} failed: {e}", m.image);
-                log::warn!("{}: {msg}", m.id);
+                let msg = format!("signature check of {} failed: {e}", image);
+                log::warn!("{id}: {msg}");
                 warnings.push(msg);
             } else {
-                ctx.say(&format!("{}: signature verified", m.id));
+                ctx.say(&format!("{id}: signature verified"));
             }
         }
     }

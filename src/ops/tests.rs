@@ -174,6 +174,7 @@ fn valid(cell: &Cell, m: &Manifest) -> ValidManifest {
         image_registry: &cell.config.image_registry,
         cell_dir: &cell.config.cell_dir,
         state_dir: &cell.config.state_dir,
+        mount_roots: &cell.config.host_mount_roots,
         verification: VerificationMode::Warn,
         taken: Vec::new(),
     };
@@ -230,8 +231,8 @@ fn install_calls(host: &FakeHost, p: &crate::compose::Project, step: InstallStep
                 fail(host, &inspect);
             }
         }
-        (InstallStep::Pull, false) => ok(host, &format!("{} pull", compose(p))),
-        (InstallStep::Pull, true) => fail(host, &format!("{} pull", compose(p))),
+        (InstallStep::Pull, false) => ok(host, &format!("{} --profile * pull", compose(p))),
+        (InstallStep::Pull, true) => fail(host, &format!("{} --profile * pull", compose(p))),
         (InstallStep::ImageCheck, fails) => {
             let digest = if fails { "sha256:0000" } else { DIGEST };
             host.push(
@@ -560,7 +561,7 @@ fn update_calls(host: &FakeHost, staged: &crate::compose::Project, step: UpdateS
         }
     };
     match step {
-        UpdateStep::Pull => push(format!("{} pull", compose(staged))),
+        UpdateStep::Pull => push(format!("{} --profile * pull", compose(staged))),
         UpdateStep::ImageCheck => {
             let digest = if fails { "sha256:0000" } else { DIGEST2 };
             host.push(
