@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Worker threads answering requests.
-const WORKERS: usize = 8;
+pub(crate) const WORKERS: usize = 8;
 /// The largest request body (spec §12).
 pub const MAX_BODY: usize = 64 * 1024;
 /// Requests whose body is still arriving, each read on its own thread.
@@ -64,7 +64,6 @@ pub fn serve(config: &Config) -> Result<i32> {
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|e| Error::failed(format!("listen on {}", config.listen), e))?;
     let (server, socket) = front::bind_backend(&config.state_dir)?;
-    let front = Arc::new(front::Front::new(listener, socket));
     let config = Arc::new(config.clone());
     let jobs = jobs::Jobs::start(config.clone(), store.clone())?;
     // First in the queue, but not in the way of the first answer.
@@ -78,6 +77,7 @@ pub fn serve(config: &Config) -> Result<i32> {
         throttle: auth::Throttle::default(),
         jobs,
     });
+    let front = Arc::new(front::Front::new(listener, socket, app.clone()));
     log::info!("pic-store serve: listening on http://{}", config.listen);
     log::info!(
         "admin page: run `pic-store token` for the login URL (http://{}/login?token=...)",
@@ -309,7 +309,8 @@ fn to_req(rq: &tiny_http::Request, body: Vec<u8>) -> Req {
         ),
     };
     Req {
-        method: rq.method().as_str().to_ascii_uppercase(),
+        // Case-sensitive (spec §12): `get` is not `GET`.
+        method: rq.method().as_str().to_string(),
         path: path.to_string(),
         query: query.to_string(),
         headers: rq

@@ -204,7 +204,7 @@ fn ui_mutation(rest: &[&str], f: &Map<String, Value>) -> Result<Mutation> {
     })
 }
 
-fn refused(status: u16, message: &str, errors: &[String]) -> Resp {
+pub fn refused(status: u16, message: &str, errors: &[String]) -> Resp {
     let mut b = format!(
         r#"<section class="card"><h2>Refused</h2><p class="banner bad">{}</p>"#,
         esc(message)

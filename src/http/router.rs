@@ -171,6 +171,45 @@ pub fn handle(app: &App, req: &Req) -> Resp {
     }
 }
 
+/// The largest body `/login` takes (the only body read unauthenticated).
+pub const LOGIN_BODY: usize = 4 * 1024;
+
+/// What the front door decides on a request's head alone, before any
+/// body byte is read or `100 Continue` sent (spec §12 v2): the Host, the
+/// path and method, and who asks — the Bearer token for `/api/*`, the
+/// session for the admin page's posts (their CSRF token is in the body,
+/// checked once it is read). `Ok`: the most body the request may have;
+/// only `/login` takes one without credentials, and at most
+/// [`LOGIN_BODY`].
+pub fn admit(app: &App, req: &Req) -> Result<usize, Resp> {
+    if let Some(r) = check_host(app, req).or_else(|| check_repeats(req)) {
+        return Err(r);
+    }
+    let segs: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    let side = if segs.first() == Some(&"api") {
+        Side::Api
+    } else {
+        Side::Page
+    };
+    let Some(allowed) = methods(&segs) else {
+        return Err(not_found(side));
+    };
+    if !allowed.contains(&req.method.as_str()) {
+        return Err(method_not_allowed(side, allowed));
+    }
+    let signed_in = || session(app, req).is_some();
+    match (side, req.method.as_str(), &segs[..]) {
+        (Side::Api, ..) => api_auth(app, req).map(|()| super::MAX_BODY),
+        (Side::Page, "POST", ["login"]) => Ok(LOGIN_BODY),
+        (Side::Page, "POST", ["logout"]) if !signed_in() => Err(Resp::see_other("/login")),
+        (Side::Page, "POST", _) if !signed_in() => {
+            Err(super::page::refused(403, "log in first", &[]))
+        }
+        (Side::Page, ..) if signed_in() => Ok(super::MAX_BODY),
+        (Side::Page, ..) => Ok(0),
+    }
+}
+
 /// 403 for a Host header that is not allowed (DNS rebinding), 400 for a
 /// request with several.
 fn check_host(app: &App, req: &Req) -> Option<Resp> {
@@ -274,20 +313,20 @@ pub enum TokenCheck {
     Throttled(u64),
 }
 
-/// Checks a presented token against the API token under the per-address
-/// throttle, logging every wrong one.
+/// Checks a presented token against the API token. The right token is
+/// compared first and never refused; only wrong ones are counted, and
+/// throttled per address (spec §12), with rate-limited warnings.
 pub fn check_token(app: &App, req: &Req, given: &str) -> TokenCheck {
-    let ip = req.client();
-    if let Some(wait) = app.throttle.wait(ip) {
-        log::warn!("token attempt from {ip} on {} refused: throttled", req.path);
-        return TokenCheck::Throttled(wait.as_secs() + 1);
-    }
     if auth::token_matches(given, &app.token) {
-        app.throttle.succeeded(ip);
         return TokenCheck::Right;
     }
-    let n = app.throttle.failed(ip);
-    log::warn!("wrong API token from {ip} on {} ({n} lately)", req.path);
+    let ip = req.client();
+    if let Some(wait) = app.throttle.wait(ip) {
+        auth::warn_wrong_token(ip, &req.path, "wrong API token (throttled)");
+        return TokenCheck::Throttled(wait.as_secs() + 1);
+    }
+    app.throttle.failed(ip);
+    auth::warn_wrong_token(ip, &req.path, "wrong API token");
     TokenCheck::Wrong
 }
 

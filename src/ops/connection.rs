@@ -323,7 +323,8 @@ pub(crate) fn settle_connection(ctx: &mut Ctx, next: &mut State, pending: &Pendi
     }
 }
 
-/// Parses a peer address: an IPv4 unicast address.
+/// Parses a peer address: a unicast IPv4 address (not 0.0.0.0, loopback,
+/// multicast, broadcast or link-local; spec §12).
 pub fn parse_peer(s: &str) -> Result<Ipv4Addr> {
     let bad = |why: &str| {
         Error::invalid(
@@ -332,7 +333,12 @@ pub fn parse_peer(s: &str) -> Result<Ipv4Addr> {
         )
     };
     let ip: Ipv4Addr = s.parse().map_err(|_| bad("is not an IPv4 address"))?;
-    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+    if ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || ip.is_link_local()
+    {
         return Err(bad("is not a unicast peer address"));
     }
     Ok(ip)
@@ -436,6 +442,7 @@ mod tests {
             "127.0.0.1",
             "255.255.255.255",
             "224.0.0.1",
+            "169.254.1.1",
             "10.8.0.2\n-j ACCEPT",
         ] {
             assert!(parse_peer(bad).is_err(), "{bad}");
