@@ -337,7 +337,9 @@ mod tests {
         // One IPv6 host's /64 is one entry, however many addresses it uses.
         let t = Throttle::default();
         for i in 0..100u16 {
-            t.failed(IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, i)));
+            t.failed(IpAddr::V6(std::net::Ipv6Addr::new(
+                0xfd00, 0, 0, 1, 0, 0, 0, i,
+            )));
         }
         assert_eq!(t.tracked(), 1);
     }

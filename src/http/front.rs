@@ -386,7 +386,11 @@ struct Reading {
 }
 
 impl Reading {
-    fn take(table: &Arc<Mutex<HashMap<IpAddr, usize>>>, peer: IpAddr, max: usize) -> Option<Reading> {
+    fn take(
+        table: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        peer: IpAddr,
+        max: usize,
+    ) -> Option<Reading> {
         let key = address_key(peer);
         let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
         let n = t.entry(key).or_insert(0);
@@ -1491,8 +1495,8 @@ mod tests {
         let raw = "POST /api/x HTTP/1.1\r\nHost: a\r\nX-Pic-Peer: 1.2.3.4\r\nconnection: keep-alive\r\nx-pic-peer: 5.6.7.8\r\nContent-Length: 2\r\n\r\n";
         let head = parse_head(raw.as_bytes()).unwrap();
         assert_eq!(head.body().unwrap(), Body::Exact(2));
-        let out = String::from_utf8(head.forwarded("10.0.0.7".parse().unwrap(), true, Some(2)))
-            .unwrap();
+        let out =
+            String::from_utf8(head.forwarded("10.0.0.7".parse().unwrap(), true, Some(2))).unwrap();
         assert_eq!(
             out,
             "POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\nX-Pic-Peer: 10.0.0.7\r\n\r\n"
@@ -1611,7 +1615,11 @@ mod tests {
                 "PUT /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
                 "PUT /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab",
             ] {
-                assert_eq!(relay_of(short, piece), Relayed::Incomplete(400), "{short:?}");
+                assert_eq!(
+                    relay_of(short, piece),
+                    Relayed::Incomplete(400),
+                    "{short:?}"
+                );
             }
         }
         // Refused on the head: no 100 Continue, no body byte looked at.
