@@ -487,27 +487,28 @@ fn bad_peer_addresses_are_refused_and_queue_no_job() {
 fn short_bodies_are_refused_and_never_acted_on() {
     let dir = TempDir::with_prefix("pic-short");
     let s = start(&dir);
-    let json = br#"{"image_verification_mode":"off"}"#;
-    let plain = [
-        format!("Content-Length: {}\r\n", json.len() + 20).into_bytes(),
-        b"\r\n".to_vec(),
-        json.to_vec(),
-    ];
-    let chunked = [
-        b"Transfer-Encoding: chunked\r\n".to_vec(),
-        b"\r\n".to_vec(),
-        [format!("{:x}\r\n", json.len()).as_bytes(), json, b"\r\n"].concat(),
-    ];
-    for (name, [framing, blank, body]) in [("plain", plain), ("chunked", chunked)] {
+    let small = br#"{"image_verification_mode":"off"}"#.to_vec();
+    // Past 1 KiB a body is read after its head, as it streams in.
+    let large = [&small[..], &[b' '; 1500]].concat();
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for json in [&small, &large] {
+        let mut plain = format!("Content-Length: {}\r\n\r\n", json.len() + 20).into_bytes();
+        plain.extend_from_slice(json);
+        cases.push((format!("plain, {} bytes", json.len()), plain));
+        let mut chunked =
+            format!("Transfer-Encoding: chunked\r\n\r\n{:x}\r\n", json.len()).into_bytes();
+        chunked.extend_from_slice(json);
+        chunked.extend_from_slice(b"\r\n");
+        cases.push((format!("chunked, {} bytes", json.len()), chunked));
+    }
+    for (name, framed) in cases {
         let mut raw = format!(
             "PUT /api/settings HTTP/1.1\r\nHost: {}\r\n{}Content-Type: application/json\r\n",
             s.addr,
             s.bearer()
         )
         .into_bytes();
-        raw.extend_from_slice(&framing);
-        raw.extend_from_slice(&blank);
-        raw.extend_from_slice(&body);
+        raw.extend_from_slice(&framed);
         let mut c = TcpStream::connect(s.addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         c.write_all(&raw).unwrap();
@@ -518,6 +519,7 @@ fn short_bodies_are_refused_and_never_acted_on() {
         assert_eq!(a.status, 400, "{name}: {}", a.text());
         assert_eq!(s.mode(), "warn", "{name}: the setting changed");
     }
+    let json = &small;
     // The same bodies whole are acted on.
     let a = s.api("PUT", "/api/settings", std::str::from_utf8(json).unwrap());
     assert_eq!(a.status, 200, "{}", a.text());
