@@ -8,11 +8,14 @@
 //! relays it, one request per connection, with the client's address in
 //! `X-Pic-Peer` (trusted only from the Unix socket, see [`to_req`]).
 //!
-//! tiny_http reads each connection's request headers on a thread of its
-//! own, so slow clients never hold a worker. A body of up to 1 KiB
-//! arrives with the headers; a longer one (at most 64 KiB) is read on a
-//! thread of its own, so a slow upload never holds a worker either. The
-//! request is routed ([`router`]) inside `catch_unwind`.
+//! The front reader passes a request on only once it has been admitted on
+//! its head and its whole body has arrived, so no slow client ever holds
+//! a worker. tiny_http reads the head on a thread of its own; a body of
+//! up to 1 KiB arrives with it, a longer one (at most 64 KiB, already on
+//! the Unix socket) is read on a thread of its own. The request is routed
+//! ([`router`]) inside `catch_unwind`. At most half the workers wait for
+//! a job's result at once (see `api::run_and_wait`), so reads always have
+//! one.
 
 pub mod api;
 pub mod auth;
