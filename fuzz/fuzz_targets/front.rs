@@ -11,11 +11,12 @@
 //! reads one way only — one `X-Pic-Peer` (the relay's), `Connection:
 //! close`, no `Expect` or `Transfer-Encoding`, a `Content-Length` equal to
 //! the body that follows and within the admitted limit — and relaying it
-//! again changes nothing.
+//! again changes nothing (unless the relay's own headers took a head at
+//! the size limits past them).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pic_store::http::front::{relay_bytes, Relayed};
+use pic_store::http::front::{relay_bytes, Relayed, MAX_HEAD, MAX_HEADER_LINES};
 use pic_store::http::router::Req;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -110,6 +111,12 @@ fn check(r: &Relayed, admitted: Option<Result<usize, u16>>) {
                 assert!(!body.is_empty() || !named("Content-Length").is_empty());
             }
             let again = relay_bytes(bytes, bytes.len(), PEER, admit);
+            // The relay's own three headers may take a head at the
+            // client's limits past them; tiny_http has none.
+            let at_limits = end > MAX_HEAD - 128 || lines.len() > MAX_HEADER_LINES - 2;
+            if at_limits && again == Relayed::Refused(431) {
+                return;
+            }
             assert_eq!(
                 again,
                 Relayed::Forwarded {
