@@ -800,12 +800,12 @@ fn wrong_tokens_are_throttled_and_logged_then_the_right_one_works() {
     // The login form is throttled the same way.
     let a = request(s.addr, "GET", "/login?token=wrong", &[], b"");
     assert_eq!(a.status, 429);
-    let log = s.log_text();
-    assert!(log.matches("wrong API token").count() >= 5, "{log}");
-    assert!(log.matches("throttled").count() >= 900);
-    // The lock-out expires: the right token works again.
     assert!((1..=9).contains(&retry_after), "{retry_after}");
-    std::thread::sleep(Duration::from_secs(retry_after));
+    // Logged, but rate-limited: a flood does not fill the log.
+    let log = s.log_text();
+    let warnings = log.matches("wrong API token").count();
+    assert!((1..=20).contains(&warnings), "{warnings} warnings: {log}");
+    // The right token is never refused, not even during the lock-out.
     let a = s.api("GET", "/api/status", None);
     assert_eq!(a.status, 200, "{a:?}");
 }
@@ -817,7 +817,10 @@ fn idle_and_slow_clients_do_not_stop_new_ones() {
     let s = Serve::start(&dir, &[]);
     let mut idle = Vec::new();
     for i in 0..200 {
-        let mut c = TcpStream::connect(s.addr).expect("open an idle connection");
+        // From other addresses: one address holds at most a quarter of
+        // the connections still being read (spec §12).
+        let from = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % 2) as u8);
+        let mut c = connect_from(from, s.addr).expect("open an idle connection");
         if i % 2 == 0 {
             // Half send part of a request line and stop.
             let _ = c.write_all(b"GET /api/sta");
@@ -1271,9 +1274,12 @@ fn hundreds_of_idle_connections_leave_room_for_new_clients() {
     let _store = xss_store(&dir);
     let s = Serve::start(&dir, &[]);
     let base = s.warm_baseline();
+    // Idle connections from four other addresses, each within its
+    // quarter of the connections still being read (spec §12).
+    let from = |i: usize| std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % 4) as u8);
     let mut idle = Vec::new();
     for i in 0..300 {
-        let mut c = TcpStream::connect(s.addr).expect("open an idle connection");
+        let mut c = connect_from(from(i), s.addr).expect("open an idle connection");
         if i % 2 == 0 {
             let _ = c.write_all(b"GET /api/sta");
         }
@@ -1293,7 +1299,7 @@ fn hundreds_of_idle_connections_leave_room_for_new_clients() {
     assert!(t.elapsed() < Duration::from_secs(1));
     // Past the documented limit of 512 connections: 503, at once.
     while idle.len() < 512 {
-        idle.push(TcpStream::connect(s.addr).unwrap());
+        idle.push(connect_from(from(idle.len()), s.addr).unwrap());
     }
     std::thread::sleep(Duration::from_millis(300));
     let full = s.usage();

@@ -223,7 +223,31 @@ impl Client {
         }
         let r = req.send().ok()?;
         let v = serde_json::from_str(r.as_str().unwrap_or("null")).unwrap_or(Value::Null);
-        Some((r.status_code, v))
+        match (r.status_code, v["url"].as_str()) {
+            // More mutations wait than the server lets workers wait for
+            // (spec §12): follow the job to its outcome.
+            (202, Some(url)) => self.outcome(url),
+            _ => Some((r.status_code, v)),
+        }
+    }
+
+    /// A job's outcome as the mutation would have answered it: 200 with
+    /// the job, or its error status; `None` when the server died first.
+    fn outcome(&self, url: &str) -> Option<(u16, Value)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        while std::time::Instant::now() < deadline {
+            let (_, text) = self.get(url)?;
+            let job: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if job["state"] == "done" {
+                let status = match job["ok"].as_bool() {
+                    Some(true) => 200,
+                    _ => job["status"].as_u64().unwrap_or(500) as u16,
+                };
+                return Some((status, job));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 }
 

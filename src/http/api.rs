@@ -66,11 +66,46 @@ pub fn settings(app: &App, _: &[&str]) -> Result<Resp> {
     Ok(Resp::json(200, &json!(s)))
 }
 
-/// Queues `m`, waits for it and answers its outcome with the job's id.
+/// Workers that may wait for a job's outcome at once: the rest stay free
+/// for reads and `/healthz`, however long a job waits for the lock.
+const MAX_WAITING: usize = super::WORKERS / 2;
+
+/// Counts one worker waiting for a job while it waits.
+struct Waiting;
+
+static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Waiting {
+    fn take() -> Option<Waiting> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if WAITING.fetch_add(1, SeqCst) >= MAX_WAITING {
+            WAITING.fetch_sub(1, SeqCst);
+            return None;
+        }
+        Some(Waiting)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Queues `m`, waits for it and answers its outcome with the job's id;
+/// with [`MAX_WAITING`] workers already waiting, answers 202 at once with
+/// the job and its URL (`Location`) instead.
 pub fn run_and_wait(app: &App, m: Command) -> Resp {
     let job = match app.jobs.submit(m) {
         Ok(j) => j,
         Err(e) => return Resp::from_error(&e),
+    };
+    let Some(_waiting) = Waiting::take() else {
+        let url = format!("/api/jobs/{}", job.id);
+        let mut body = job.to_json();
+        body["job"] = json!(job.id);
+        body["url"] = json!(url);
+        return Resp::json(202, &body).with("Location", &url);
     };
     match job.wait() {
         Outcome::Ok(v) => {

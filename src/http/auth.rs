@@ -26,6 +26,8 @@ const MAX_LOCKOUT: Duration = Duration::from_secs(8);
 /// An address with no wrong token for this long starts afresh.
 const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
 const MAX_TRACKED_ADDRESSES: usize = 4096;
+/// Wrong-token warnings are logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Whether `host` (a Host header value) names one of `allowed`. Names
 /// compare case-insensitively; an allowed entry without a port allows
@@ -147,7 +149,9 @@ pub fn csrf_ok(given: Option<&str>, expected: &str) -> bool {
     given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()))
 }
 
-/// Wrong tokens per client address.
+/// Wrong tokens per client address (an IPv6 client's /64). Only
+/// failures are recorded, and only after the right token was ruled out,
+/// so a flood of wrong guesses never refuses the right token (spec §12).
 #[derive(Default)]
 pub struct Throttle {
     inner: Mutex<HashMap<IpAddr, Failures>>,
@@ -161,19 +165,28 @@ struct Failures {
 }
 
 impl Throttle {
-    /// `Some(wait)` while `ip` must wait before trying a token again.
+    /// `Some(wait)` while `ip` must wait before a wrong token is even
+    /// considered again.
     pub fn wait(&self, ip: IpAddr) -> Option<Duration> {
         let map = self.lock();
-        let until = map.get(&ip)?.locked_until?;
+        let until = map.get(&key(ip))?.locked_until?;
         until.checked_duration_since(Instant::now())
     }
 
-    /// Records a wrong token; returns how many `ip` has sent lately.
+    /// Records a wrong token; returns how many `ip` has sent lately. The
+    /// table never holds more than [`MAX_TRACKED_ADDRESSES`]: past it, the
+    /// addresses quiet longest are forgotten first.
     pub fn failed(&self, ip: IpAddr) -> u32 {
+        let ip = key(ip);
         let mut map = self.lock();
         let now = Instant::now();
-        if map.len() >= MAX_TRACKED_ADDRESSES {
+        if map.len() >= MAX_TRACKED_ADDRESSES && !map.contains_key(&ip) {
             map.retain(|_, f| f.last.elapsed() < FAILURE_MEMORY);
+            if map.len() >= MAX_TRACKED_ADDRESSES {
+                if let Some(oldest) = map.iter().min_by_key(|(_, f)| f.last).map(|(k, _)| *k) {
+                    map.remove(&oldest);
+                }
+            }
         }
         let f = map.entry(ip).or_insert(Failures {
             count: 0,
@@ -191,13 +204,37 @@ impl Throttle {
         f.count
     }
 
-    /// A right token clears the address's record.
-    pub fn succeeded(&self, ip: IpAddr) {
-        self.lock().remove(&ip);
+    /// How many addresses the table holds.
+    pub fn tracked(&self) -> usize {
+        self.lock().len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn key(ip: IpAddr) -> IpAddr {
+    super::front::address_key(ip)
+}
+
+/// Logs a wrong token at most once per [`WARN_EVERY`], with how many
+/// were not logged since: guesses must not fill the log.
+pub fn warn_wrong_token(ip: IpAddr, path: &str, what: &str) {
+    static LOG: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
+    let mut log = LOG.lock().unwrap_or_else(|p| p.into_inner());
+    match log.0 {
+        Some(at) if at.elapsed() < WARN_EVERY => log.1 += 1,
+        _ => {
+            let quiet = std::mem::take(&mut log.1);
+            log.0 = Some(Instant::now());
+            let path = crate::ids::truncate(path, 80);
+            if quiet > 0 {
+                log::warn!("{what} from {ip} on {path} ({quiet} more wrong tokens not logged)");
+            } else {
+                log::warn!("{what} from {ip} on {path}");
+            }
+        }
     }
 }
 
@@ -217,20 +254,20 @@ pub(super) enum TokenCheck {
     Throttled(u64),
 }
 
-/// Checks a presented token against the API token under the per-address
-/// throttle, logging every wrong one.
+/// Checks a presented token against the API token. The right token is
+/// compared first and never refused; only wrong ones are counted, and
+/// throttled per address (spec §12), with rate-limited warnings.
 pub(super) fn check_token(app: &App, req: &Req, given: &str) -> TokenCheck {
-    let ip = req.client();
-    if let Some(wait) = app.throttle.wait(ip) {
-        log::warn!("token attempt from {ip} on {} refused: throttled", req.path);
-        return TokenCheck::Throttled(wait.as_secs() + 1);
-    }
     if token_matches(given, &app.token) {
-        app.throttle.succeeded(ip);
         return TokenCheck::Right;
     }
-    let n = app.throttle.failed(ip);
-    log::warn!("wrong API token from {ip} on {} ({n} lately)", req.path);
+    let ip = req.client();
+    if let Some(wait) = app.throttle.wait(ip) {
+        warn_wrong_token(ip, &req.path, "wrong API token (throttled)");
+        return TokenCheck::Throttled(wait.as_secs() + 1);
+    }
+    app.throttle.failed(ip);
+    warn_wrong_token(ip, &req.path, "wrong API token");
     TokenCheck::Wrong
 }
 
@@ -444,7 +481,23 @@ mod tests {
         assert_eq!(lockout(5), Duration::from_millis(250));
         assert_eq!(lockout(6), Duration::from_millis(500));
         assert_eq!(lockout(1000), MAX_LOCKOUT);
-        t.succeeded(ip);
-        assert!(t.wait(ip).is_none());
+    }
+
+    #[test]
+    fn the_throttle_table_stays_bounded() {
+        let t = Throttle::default();
+        for i in 0..(MAX_TRACKED_ADDRESSES as u32 + 1000) {
+            t.failed(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+            assert!(t.tracked() <= MAX_TRACKED_ADDRESSES);
+        }
+        assert_eq!(t.tracked(), MAX_TRACKED_ADDRESSES);
+        // One IPv6 host's /64 is one entry, however many addresses it uses.
+        let t = Throttle::default();
+        for i in 0..100u16 {
+            t.failed(IpAddr::V6(std::net::Ipv6Addr::new(
+                0xfd00, 0, 0, 1, 0, 0, 0, i,
+            )));
+        }
+        assert_eq!(t.tracked(), 1);
     }
 }

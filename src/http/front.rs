@@ -1,25 +1,40 @@
 //! The front door of `serve`: the only code that reads from the network.
 //! tiny_http reads a request's head with no limit on its size or on how
 //! long it takes, so it listens on a private Unix socket instead, and this
-//! module accepts on `PIC_LISTEN`, reads each request's head under hard
-//! limits, and relays the request to tiny_http. Tests: `tests/http_api.rs`
-//! (the relay's limits and leaks) and `tests/hostile_http.rs`.
+//! module accepts on `PIC_LISTEN`, reads each request — head and body —
+//! under hard limits, and relays it to tiny_http whole. Tests:
+//! `tests/http_api.rs` (the relay's limits and leaks) and
+//! `tests/hostile_http.rs` (spec §12's v2 hardening).
 //!
-//! Per connection, a relay thread reads the head — at most [`MAX_HEAD`]
-//! bytes and [`MAX_HEADER_LINES`] header lines, within [`HEAD_DEADLINE`]
-//! of the accept, shaped `METHOD SP TARGET SP HTTP/1.x` — or answers 4xx
-//! and closes. It refuses an announced body over [`super::MAX_BODY`] (413)
-//! and bodies whose framing two readers could disagree on. Then it opens
-//! the Unix socket and writes the head with every client-sent
-//! `X-Pic-Peer` removed and `X-Pic-Peer: <client address>` added (the
-//! router trusts that header only from the Unix socket), and with
-//! `Connection: close`. A second thread copies the body (idle limit
-//! [`BODY_IDLE`], total [`BODY_DEADLINE`]) and afterwards watches the
-//! client: a reset ends the relay, while a client that only closes its
-//! sending side still gets its answer. The relay thread copies the
-//! answer back, with no time limit on waiting for it (an install through
-//! the JSON API answers when it ends) but [`WRITE_IDLE`] for a client
-//! that stops reading it.
+//! Per connection, a relay thread:
+//!
+//! 1. reads the head — at most [`MAX_HEAD`] bytes and [`MAX_HEADER_LINES`]
+//!    header lines, within [`HEAD_DEADLINE`] of the accept, shaped
+//!    `METHOD SP TARGET SP HTTP/1.x` — or answers 4xx and closes;
+//! 2. refuses bodies whose framing two readers could disagree on, and
+//!    `Expect` values other than `100-continue` (417);
+//! 3. admits the request on its head alone ([`super::router::admit`]: the
+//!    Host, the route and the method, the Bearer token or the session),
+//!    which also says how large a body it may have — before a single body
+//!    byte is read and before any `100 Continue`;
+//! 4. answers `100 Continue` itself when asked (tiny_http never sees the
+//!    `Expect` header), and reads the whole body within [`BODY_DEADLINE`]:
+//!    a body that ends early (a half-close before its declared length or
+//!    its last chunk) is a 400 and never reaches tiny_http;
+//! 5. writes the head to the Unix socket — `HEAD` as `GET`, every
+//!    client-sent `X-Pic-Peer`, `Connection`, `Expect`,
+//!    `Transfer-Encoding` and `Content-Length` removed, and
+//!    `Content-Length` of the decoded body, `Connection: close` and
+//!    `X-Pic-Peer: <client address>` added (the router trusts that header
+//!    only from the Unix socket) — followed by the body;
+//! 6. copies the answer back (for `HEAD` its head only), with no time
+//!    limit on waiting for it but [`WRITE_IDLE`] for a client that stops
+//!    reading it, while a second thread watches the client: a reset ends
+//!    the relay, while a client that only closes its sending side still
+//!    gets its answer.
+//!
+//! So a worker only ever sees a complete request: no client that stalls,
+//! with or without `Expect: 100-continue`, holds one.
 //!
 //! One request per connection: the answer carries `Connection: close` and
 //! the connection closes after it, because a second request on the same
@@ -27,19 +42,23 @@
 //! Browsers and HTTP clients open a new connection for the next request.
 //!
 //! Bounds: [`Limits`] caps the connections (one thread and one descriptor
-//! each while the head arrives) and, within them, the relayed requests
+//! each while the request arrives) and, within them, the relayed requests
 //! (two threads, four descriptors and a tiny_http thread each), sized to
-//! the process's open-file limit. Over either cap the client gets 503.
+//! the process's open-file limit. One client address holds at most a
+//! quarter of the connections still being read (head or body), so another
+//! address is always served. Over any cap the client gets 503.
 
-use super::router::Resp;
+use super::msg::{Req, Resp};
+use super::App;
 use crate::error::{Error, Result};
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The largest request head (request line and headers), in bytes.
@@ -48,10 +67,9 @@ pub const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_HEADER_LINES: usize = 100;
 /// The whole head must arrive within this time of the accept (slowloris).
 pub const HEAD_DEADLINE: Duration = Duration::from_secs(10);
-/// A body that stops arriving for this long is given up.
-pub const BODY_IDLE: Duration = Duration::from_secs(30);
-/// A body must arrive within this time of its head, however it trickles.
-pub const BODY_DEADLINE: Duration = Duration::from_secs(120);
+/// A body must arrive whole within this time of its head, however it
+/// trickles.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(30);
 /// A client that takes none of an answer (or a refusal) for this long is
 /// dropped.
 pub const WRITE_IDLE: Duration = Duration::from_secs(30);
@@ -62,15 +80,15 @@ pub const MAX_RELAYED: usize = 128;
 /// The header that carries the client's address over the Unix socket.
 pub const PEER_HEADER: &str = "X-Pic-Peer";
 
-/// Raw bytes of a chunked body relayed at most: far more than the
-/// 64 KiB tiny_http reads before answering 413, even in tiny chunks.
+/// Raw bytes of a chunked body read at most: far more than the 64 KiB
+/// of data it may hold, even in tiny chunks.
 const MAX_CHUNKED_RAW: u64 = 1 << 20;
 /// After an answer or a refusal, what a client is still sending is read
 /// and thrown away for this long (at most [`LINGER_BYTES`]), so that
 /// closing does not reset the connection before the client has read it.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 256 * 1024;
-/// How often the body thread looks whether the answer is done.
+/// How often the watching thread looks whether the answer is done.
 const POLL: Duration = Duration::from_secs(1);
 /// Relay threads copy through small buffers; they need little stack.
 const RELAY_STACK: usize = 128 * 1024;
@@ -86,6 +104,12 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// How many connections one client address may hold while their
+    /// requests are being read: a quarter of them.
+    pub fn per_address(&self) -> usize {
+        (self.connections / 4).max(1)
+    }
+
     /// The caps that fit `open_files` descriptors: a connection waiting
     /// for its head holds one, a relayed request four (its TCP socket, the
     /// relay's end of the Unix socket and tiny_http's two).
@@ -160,15 +184,21 @@ pub struct Front {
     limits: Limits,
     connections: Arc<AtomicUsize>,
     relayed: Arc<AtomicUsize>,
+    /// Per client address: its connections whose request is still being
+    /// read.
+    reading: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Who decides on a request's head whether it may go on.
+    app: Arc<App>,
 }
 
 impl Front {
-    pub fn new(listener: TcpListener, backend: PathBuf) -> Front {
+    pub fn new(listener: TcpListener, backend: PathBuf, app: Arc<App>) -> Front {
         let limits = Limits::for_open_files(open_file_limit());
         log::debug!(
-            "front: at most {} connections, {} relayed at once",
+            "front: at most {} connections, {} relayed at once, {} being read per address",
             limits.connections,
-            limits.relayed
+            limits.relayed,
+            limits.per_address()
         );
         Front {
             listener,
@@ -176,6 +206,8 @@ impl Front {
             limits,
             connections: Arc::default(),
             relayed: Arc::default(),
+            reading: Arc::default(),
+            app,
         }
     }
 
@@ -195,8 +227,16 @@ impl Front {
     }
 
     fn dispatch(self: &Arc<Self>, client: TcpStream, peer: SocketAddr) {
+        let peer = peer.ip().to_canonical();
         let Some(slot) = Slot::take(&self.connections, self.limits.connections) else {
             busy_warning(self.limits.connections, "connections");
+            return refuse_at_once(client, &busy());
+        };
+        let Some(reading) = Reading::take(&self.reading, peer, self.limits.per_address()) else {
+            busy_warning(
+                self.limits.per_address(),
+                "requests being read from one address",
+            );
             return refuse_at_once(client, &busy());
         };
         let front = self.clone();
@@ -205,7 +245,7 @@ impl Front {
             .stack_size(RELAY_STACK)
             .spawn(move || {
                 let _slot = slot;
-                front.relay(client, peer.ip().to_canonical());
+                front.relay(client, peer, reading);
             });
         if let Err(e) = spawned {
             log::error!("cannot start a thread for a connection: {e}");
@@ -213,68 +253,94 @@ impl Front {
     }
 
     /// One connection, from its head to the end of its answer.
-    fn relay(&self, client: TcpStream, peer: IpAddr) {
+    fn relay(&self, client: TcpStream, peer: IpAddr, reading: Reading) {
         let _ = client.set_nodelay(true);
         let _ = client.set_write_timeout(Some(WRITE_IDLE));
         let (buf, end) = match read_head(&client, Instant::now() + HEAD_DEADLINE) {
             Ok(read) => read,
             Err(None) => return,
-            Err(Some(refusal)) => return refuse(&client, peer, &refusal),
+            Err(Some(refusal)) => return refuse(&client, peer, &refusal, false),
         };
-        let (head, mut body) = match parse_head(&buf[..end]).and_then(|h| Ok((h.body()?, h))) {
-            Ok((body, head)) => (head, body),
-            Err(refusal) => return refuse(&client, peer, &refusal),
+        let request = match Request::parse(&buf[..end]) {
+            Ok(r) => r,
+            Err(refusal) => return refuse(&client, peer, &refusal, false),
         };
+        let head_only = request.head_only;
+        let limit = match super::router::admit(&self.app, &request.to_req(peer)) {
+            Ok(limit) => limit,
+            Err(refusal) => return refuse(&client, peer, &refusal, head_only),
+        };
+        let mut body = match BodyReader::new(request.framing, limit) {
+            Ok(b) => b,
+            Err(refusal) => return refuse(&client, peer, &refusal, head_only),
+        };
+        if let Err(refusal) = body.feed(&buf[end..]) {
+            return refuse(&client, peer, &refusal, head_only);
+        }
+        if request.expect_continue && !body.complete() {
+            // Admitted: now, and only now, the client may send its body.
+            if (&client).write_all(CONTINUE).is_err() {
+                return;
+            }
+        }
+        match read_body(&client, &mut body, Instant::now() + BODY_DEADLINE) {
+            Ok(()) => {}
+            Err(None) => return,
+            Err(Some(refusal)) => return refuse(&client, peer, &refusal, head_only),
+        }
+        // Read whole: the address's reading slot is free again.
+        drop(reading);
         let Some(_slot) = Slot::take(&self.relayed, self.limits.relayed) else {
             busy_warning(self.limits.relayed, "relayed requests");
-            return refuse(&client, peer, &busy());
+            return refuse(&client, peer, &busy(), head_only);
         };
-        let mut first = head.forwarded(peer);
-        let early = body.take(&buf[end..]);
-        first.extend_from_slice(&buf[end..end + early]);
+        let mut first = request.head.forwarded(peer, head_only, body.framed());
+        first.extend_from_slice(&body.data);
+        drop(buf);
         let backend = match self.open_backend(&first) {
             Ok(b) => b,
             Err(e) => {
                 log::error!("relay to {}: {e}", self.backend.display());
                 let r = Resp::error(503, "the server is not answering; retry", vec![]);
-                return refuse(&client, peer, &r);
+                return refuse(&client, peer, &r, head_only);
             }
         };
-        if let Err(r) = exchange(&client, &backend, body) {
+        drop(first);
+        if let Err(r) = exchange(&client, &backend, head_only) {
             log::debug!("relay from {peer}: answered {} itself", r.status);
         }
     }
 
-    /// A connection to tiny_http with the request's head (and the start
-    /// of its body) written.
+    /// A connection to tiny_http with the whole request written.
     fn open_backend(&self, first: &[u8]) -> std::io::Result<UnixStream> {
         let backend = UnixStream::connect(&self.backend)?;
-        backend.set_write_timeout(Some(BODY_IDLE))?;
+        backend.set_write_timeout(Some(WRITE_IDLE))?;
         (&backend).write_all(first)?;
         Ok(backend)
     }
 }
 
-/// Relays the rest of the body to tiny_http and its answer back, then
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Relays tiny_http's answer back (for `HEAD` its head only), then
 /// closes both ends. `Err`: the relay answered itself, with that.
-fn exchange(client: &TcpStream, backend: &UnixStream, body: Body) -> std::result::Result<(), Resp> {
+fn exchange(
+    client: &TcpStream,
+    backend: &UnixStream,
+    head_only: bool,
+) -> std::result::Result<(), Resp> {
     let shared = Shared::default();
     std::thread::scope(|s| {
-        let pump = std::thread::Builder::new()
-            .name("http-body".into())
+        let watch = std::thread::Builder::new()
+            .name("http-watch".into())
             .stack_size(RELAY_STACK)
-            .spawn_scoped(s, || pump_client(client, backend, body, &shared));
-        let outcome = match pump {
+            .spawn_scoped(s, || watch_client(client, backend, &shared));
+        let outcome = match watch {
             Err(e) => {
-                log::error!("cannot start a thread for a request body: {e}");
+                log::error!("cannot start a thread to watch a connection: {e}");
                 Err(busy())
             }
-            Ok(_) => match copy_answer(backend, client) {
-                Ok(0) if shared.timed_out.load(Ordering::SeqCst) => Err(Resp::error(
-                    408,
-                    "the request body stopped arriving",
-                    vec![],
-                )),
+            Ok(_) => match copy_answer(backend, client, head_only) {
                 // tiny_http closed without a word: the request ended early.
                 Ok(0) if !shared.aborted.load(Ordering::SeqCst) => {
                     Err(Resp::error(400, "the request could not be read", vec![]))
@@ -283,7 +349,7 @@ fn exchange(client: &TcpStream, backend: &UnixStream, body: Body) -> std::result
             },
         };
         if let Err(r) = &outcome {
-            let _ = (&*client).write_all(&answer_bytes(r));
+            let _ = (&*client).write_all(&answer_bytes(r, head_only));
         }
         let _ = client.shutdown(Shutdown::Write);
         shared.answered.store(true, Ordering::SeqCst);
@@ -311,6 +377,61 @@ impl Drop for Slot {
     }
 }
 
+/// Counts one connection of a client address while its request is being
+/// read. The table holds only addresses with such a connection, so it is
+/// never larger than the connection cap.
+struct Reading {
+    table: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl Reading {
+    fn take(
+        table: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        peer: IpAddr,
+        max: usize,
+    ) -> Option<Reading> {
+        let key = address_key(peer);
+        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+        let n = t.entry(key).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                t.remove(&key);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(Reading {
+            table: table.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                t.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The "client address" caps and throttles count: an IPv4 address, or
+/// the /64 network of an IPv6 one (one host usually has a whole /64).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
 fn busy() -> Resp {
     Resp::error(503, "too many connections at once; retry", vec![]).with("Retry-After", "5")
 }
@@ -332,10 +453,9 @@ fn busy_warning(limit: usize, what: &str) {
 /// What the two threads of a relayed request tell each other.
 #[derive(Default)]
 struct Shared {
-    /// The answer is complete (or given up): the body thread lingers, then ends.
+    /// The answer is complete (or given up): the watching thread lingers,
+    /// then ends.
     answered: AtomicBool,
-    /// The body stopped arriving: the answer is a 408.
-    timed_out: AtomicBool,
     /// The client reset the connection: nobody wants an answer.
     aborted: AtomicBool,
 }
@@ -543,7 +663,7 @@ fn check_header(line: &[u8]) -> std::result::Result<&[u8], Resp> {
     Ok(name)
 }
 
-/// How much of a request's body the relay passes on.
+/// Where a request's body stands as its bytes arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Body {
     None,
@@ -555,9 +675,9 @@ enum Body {
         left: u64,
         framing: Chunks,
     },
-    /// Chunked framing that broke or ran past the cap: nothing more is
-    /// passed on, and tiny_http sees the body end early (400).
-    Cut,
+    /// Chunked framing that broke (400) or ran past the cap of raw bytes
+    /// (413): nothing more is taken.
+    Cut(u16),
 }
 
 impl Body {
@@ -573,33 +693,37 @@ impl Body {
     }
 
     /// How many of `bytes` (the next ones from the client) belong to the
-    /// body; what follows the body is not passed on.
-    fn take(&mut self, bytes: &[u8]) -> usize {
+    /// body; the body's data among them is added to `data`. What follows
+    /// the body is not taken.
+    fn take(&mut self, bytes: &[u8], data: &mut Vec<u8>) -> usize {
         match self {
-            Body::None | Body::Cut => 0,
+            Body::None | Body::Cut(_) => 0,
             Body::Exact(left) => {
-                let n = (*left).min(bytes.len() as u64);
-                *left -= n;
-                n as usize
+                let n = (*left).min(bytes.len() as u64) as usize;
+                *left -= n as u64;
+                data.extend_from_slice(&bytes[..n]);
+                n
             }
             Body::Chunked { left, framing } => {
                 let allowed = &bytes[..bytes.len().min(*left as usize)];
-                let n = framing.feed(allowed);
+                let n = framing.feed(allowed, data);
                 *left -= n as u64;
-                if *framing == Chunks::Bad || (*left == 0 && *framing != Chunks::Done) {
-                    *self = Body::Cut;
+                if *framing == Chunks::Bad {
+                    *self = Body::Cut(400);
+                } else if *left == 0 && *framing != Chunks::Done {
+                    *self = Body::Cut(413);
                 }
                 n
             }
         }
     }
 
-    /// Whether the whole body has been passed on (or never will be).
+    /// Whether the whole body has been taken (or never will be).
     fn complete(&self) -> bool {
         matches!(
             self,
             Body::None
-                | Body::Cut
+                | Body::Cut(_)
                 | Body::Exact(0)
                 | Body::Chunked {
                     framing: Chunks::Done,
@@ -641,8 +765,8 @@ const MAX_CHUNK_LINE: usize = 4096;
 
 impl Chunks {
     /// Follows `bytes`; returns how many belong to the body (all of them
-    /// until its end).
-    fn feed(&mut self, bytes: &[u8]) -> usize {
+    /// until its end), and adds the chunks' data among them to `data`.
+    fn feed(&mut self, bytes: &[u8], data: &mut Vec<u8>) -> usize {
         if matches!(*self, Chunks::Done | Chunks::Bad) {
             return 0;
         }
@@ -650,6 +774,7 @@ impl Chunks {
         while i < bytes.len() {
             if let Chunks::Data(left) = *self {
                 let n = left.min((bytes.len() - i) as u64);
+                data.extend_from_slice(&bytes[i..i + n as usize]);
                 i += n as usize;
                 *self = if n == left {
                     Chunks::DataEnd(0)
@@ -756,26 +881,287 @@ impl Head<'_> {
         }
     }
 
-    /// The head as tiny_http gets it: the client's `X-Pic-Peer` and
-    /// `Connection` headers replaced by the relay's own.
-    fn forwarded(&self, peer: IpAddr) -> Vec<u8> {
+    /// The head as tiny_http gets it: `HEAD` as `GET` when `as_get`; the
+    /// client's `X-Pic-Peer`, `Connection`, `Expect` and body framing
+    /// headers replaced by the relay's own (`Content-Length` of the body
+    /// read, when `body_len` is given).
+    fn forwarded(&self, peer: IpAddr, as_get: bool, body_len: Option<usize>) -> Vec<u8> {
         let mut out = Vec::with_capacity(MAX_HEAD / 4);
-        out.extend_from_slice(self.request_line);
+        match self.request_line.strip_prefix(b"HEAD ") {
+            Some(rest) if as_get => {
+                out.extend_from_slice(b"GET ");
+                out.extend_from_slice(rest);
+            }
+            _ => out.extend_from_slice(self.request_line),
+        }
         out.extend_from_slice(b"\r\n");
         for (name, line) in &self.headers {
-            if name.eq_ignore_ascii_case(PEER_HEADER.as_bytes())
-                || name.eq_ignore_ascii_case(b"Connection")
-            {
+            let replaced = [
+                PEER_HEADER.as_bytes(),
+                b"Connection",
+                b"Expect",
+                b"Transfer-Encoding",
+                b"Content-Length",
+            ];
+            if replaced.iter().any(|r| name.eq_ignore_ascii_case(r)) {
                 continue;
             }
             out.extend_from_slice(line);
             out.extend_from_slice(b"\r\n");
+        }
+        if let Some(n) = body_len {
+            out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
         }
         out.extend_from_slice(
             format!("Connection: close\r\n{PEER_HEADER}: {peer}\r\n\r\n").as_bytes(),
         );
         out
     }
+}
+
+/// A checked head with what the relay needs to know of it.
+#[derive(Debug)]
+struct Request<'a> {
+    head: Head<'a>,
+    framing: Body,
+    /// `Expect: 100-continue` (the only expectation understood).
+    expect_continue: bool,
+    /// A `HEAD` request: answered as `GET`, without the body.
+    head_only: bool,
+}
+
+impl<'a> Request<'a> {
+    fn parse(bytes: &'a [u8]) -> std::result::Result<Request<'a>, Resp> {
+        let head = parse_head(bytes)?;
+        let framing = head.body()?;
+        let expect_continue = match &head.values("Expect")[..] {
+            [] => false,
+            [v] if v.eq_ignore_ascii_case(b"100-continue") => true,
+            _ => {
+                return Err(Resp::error(
+                    417,
+                    "only Expect: 100-continue is understood",
+                    vec![],
+                ))
+            }
+        };
+        let head_only = head.request_line.starts_with(b"HEAD ");
+        Ok(Request {
+            head,
+            framing,
+            expect_continue,
+            head_only,
+        })
+    }
+
+    /// The request as the router's admission check sees it: no body yet,
+    /// and `HEAD` as `GET`. (The head is ASCII: [`parse_head`] checked.)
+    fn to_req(&self, peer: IpAddr) -> Req {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let mut words = self.head.request_line.split(|&b| b == b' ');
+        let method = words.next().unwrap_or_default();
+        let target = text(words.next().unwrap_or_default());
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        Req {
+            method: if self.head_only {
+                "GET".into()
+            } else {
+                text(method)
+            },
+            path: path.to_string(),
+            query: query.to_string(),
+            headers: self
+                .head
+                .headers
+                .iter()
+                .filter(|(name, _)| !name.eq_ignore_ascii_case(PEER_HEADER.as_bytes()))
+                .map(|(name, line)| (text(name), text(line[name.len() + 1..].trim_ascii())))
+                .collect(),
+            body: Vec::new(),
+            remote: Some(peer),
+        }
+    }
+}
+
+/// A body being read: its framing, its data so far, and the most data
+/// the admitted request may have.
+struct BodyReader {
+    framing: Body,
+    had_body: bool,
+    data: Vec<u8>,
+    limit: usize,
+}
+
+impl BodyReader {
+    /// Refuses at once a `Content-Length` over `limit`.
+    fn new(framing: Body, limit: usize) -> std::result::Result<BodyReader, Resp> {
+        if let Body::Exact(n) = framing {
+            if n > limit as u64 {
+                return Err(too_large(limit));
+            }
+        }
+        Ok(BodyReader {
+            framing,
+            had_body: framing != Body::None,
+            data: Vec::new(),
+            limit,
+        })
+    }
+
+    /// Takes the next bytes from the client (what follows the body is
+    /// thrown away).
+    fn feed(&mut self, bytes: &[u8]) -> std::result::Result<(), Resp> {
+        self.framing.take(bytes, &mut self.data);
+        match self.framing {
+            Body::Cut(413) => Err(too_large(self.limit)),
+            Body::Cut(_) => Err(bad("the chunked body is malformed")),
+            _ if self.data.len() > self.limit => Err(too_large(self.limit)),
+            _ => Ok(()),
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.framing.complete()
+    }
+
+    /// The client stopped sending before the body was whole.
+    fn ended_early(&self) -> Resp {
+        match self.framing {
+            Body::Chunked { .. } => bad("the request body ended before its last chunk"),
+            _ => bad("the request body ended before its declared length"),
+        }
+    }
+
+    /// The `Content-Length` to forward: the data's, if there was a body.
+    fn framed(&self) -> Option<usize> {
+        self.had_body.then_some(self.data.len())
+    }
+}
+
+fn too_large(limit: usize) -> Resp {
+    if limit == 0 {
+        return Resp::error(413, "this request takes no body", vec![]);
+    }
+    Resp::error(
+        413,
+        &format!("request body larger than {} KiB", limit.div_ceil(1024)),
+        vec![],
+    )
+}
+
+/// Reads the rest of a body until it is whole. `Err(None)`: the client
+/// went away; `Err(Some(answer))`: refuse it with that.
+fn read_body(
+    client: &TcpStream,
+    body: &mut BodyReader,
+    deadline: Instant,
+) -> std::result::Result<(), Option<Resp>> {
+    let mut chunk = [0u8; 8192];
+    while !body.complete() {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return Err(Some(body_timeout()));
+        };
+        let _ = client.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        match (&*client).read(&mut chunk) {
+            Ok(0) => return Err(Some(body.ended_early())),
+            Ok(n) => body.feed(&chunk[..n]).map_err(Some)?,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(Some(body_timeout()))
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Err(None),
+        }
+    }
+    Ok(())
+}
+
+fn body_timeout() -> Resp {
+    Resp::error(
+        408,
+        &format!(
+            "the request body did not arrive within {} s",
+            BODY_DEADLINE.as_secs()
+        ),
+        vec![],
+    )
+}
+
+/// What the relay makes of the bytes a client sends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Relayed {
+    /// Refused with this status; nothing reached tiny_http.
+    Refused(u16),
+    /// The head was complete but the client stopped sending (a half-close
+    /// after these bytes) before the end of the head or the body.
+    Incomplete(u16),
+    /// The request tiny_http gets, and whether `100 Continue` was sent
+    /// first.
+    Forwarded { continued: bool, bytes: Vec<u8> },
+}
+
+/// The relay's reading of one request, without sockets, for the fuzz
+/// target and the unit tests: `input` arrives in pieces of `piece` bytes
+/// and then the client half-closes; `admit` stands in for the router's
+/// admission (`Ok(body limit)` or a refusal's status). The live relay
+/// runs the same steps over a socket.
+pub fn relay_bytes(
+    input: &[u8],
+    piece: usize,
+    peer: IpAddr,
+    admit: impl FnOnce(&Req) -> std::result::Result<usize, u16>,
+) -> Relayed {
+    let piece = piece.max(1);
+    let mut scan = HeadScan::default();
+    let mut end = None;
+    let mut seen = 0;
+    while seen < input.len() {
+        seen = (seen + piece).min(input.len());
+        match scan.feed(&input[..seen]) {
+            Scan::More => {}
+            Scan::Done(e) => {
+                end = Some(e);
+                break;
+            }
+            Scan::Refuse(r) => return Relayed::Refused(r.status),
+        }
+    }
+    let Some(end) = end else {
+        // The client closed before its head ended: nothing is answered.
+        return Relayed::Incomplete(0);
+    };
+    let request = match Request::parse(&input[..end]) {
+        Ok(r) => r,
+        Err(r) => return Relayed::Refused(r.status),
+    };
+    let limit = match admit(&request.to_req(peer)) {
+        Ok(limit) => limit,
+        Err(status) => return Relayed::Refused(status),
+    };
+    let mut body = match BodyReader::new(request.framing, limit) {
+        Ok(b) => b,
+        Err(r) => return Relayed::Refused(r.status),
+    };
+    // What arrived with the head, then the rest piece by piece.
+    let mut at = seen;
+    if let Err(r) = body.feed(&input[end..at]) {
+        return Relayed::Refused(r.status);
+    }
+    let continued = request.expect_continue && !body.complete();
+    while !body.complete() {
+        if at == input.len() {
+            return Relayed::Incomplete(body.ended_early().status);
+        }
+        let next = (at + piece).min(input.len());
+        if let Err(r) = body.feed(&input[at..next]) {
+            return Relayed::Refused(r.status);
+        }
+        at = next;
+    }
+    let mut bytes = request
+        .head
+        .forwarded(peer, request.head_only, body.framed());
+    bytes.extend_from_slice(&body.data);
+    Relayed::Forwarded { continued, bytes }
 }
 
 /// The client address a relayed request carries: the one `X-Pic-Peer`
@@ -791,21 +1177,20 @@ pub fn relayed_peer<'a>(mut values: impl Iterator<Item = &'a str>) -> Option<IpA
 
 // --- relaying ------------------------------------------------------------------
 
-/// Copies the body to the backend, then watches the client until the
-/// answer is done, then lingers. Ends the backend's input when the
-/// client's ends, and cuts the backend off when the client resets or the
-/// body stalls.
-fn pump_client(client: &TcpStream, backend: &UnixStream, mut body: Body, shared: &Shared) {
+/// Watches the client until the answer is done, then lingers: a reset
+/// cuts the backend off (nobody wants the answer); a half-close does not
+/// (the client may still read it). What a client sends beyond its request
+/// is thrown away.
+fn watch_client(client: &TcpStream, backend: &UnixStream, shared: &Shared) {
     let mut buf = [0u8; 8192];
-    let started = Instant::now();
-    let mut last_data = started;
-    let mut linger: Option<(Instant, usize)> = None;
+    let mut linger: Option<Instant> = None;
+    let mut thrown = 0;
     loop {
         if linger.is_none() && shared.answered.load(Ordering::SeqCst) {
-            linger = Some((Instant::now() + LINGER, 0));
+            linger = Some(Instant::now() + LINGER);
         }
         let timeout = match linger {
-            Some((until, _)) => match until.checked_duration_since(Instant::now()) {
+            Some(until) => match until.checked_duration_since(Instant::now()) {
                 Some(left) => left.max(Duration::from_millis(1)),
                 None => return,
             },
@@ -813,41 +1198,15 @@ fn pump_client(client: &TcpStream, backend: &UnixStream, mut body: Body, shared:
         };
         let _ = client.set_read_timeout(Some(timeout));
         match (&*client).read(&mut buf) {
-            Ok(0) => {
-                // The client is done sending; it may still read the answer.
-                let _ = backend.shutdown(Shutdown::Write);
-                return;
-            }
+            Ok(0) => return,
             Ok(n) => {
-                last_data = Instant::now();
-                if let Some((_, ref mut thrown)) = linger {
-                    *thrown += n;
-                    if *thrown > LINGER_BYTES {
-                        return;
-                    }
-                    continue;
-                }
-                // Beyond the body (a second request) is thrown away.
-                let take = body.take(&buf[..n]);
-                if take > 0 && (&*backend).write_all(&buf[..take]).is_err() {
-                    // tiny_http stopped reading: it answers (413, 503) or
-                    // gave up; the answer side finishes the relay.
-                    body = Body::None;
-                }
-                if body == Body::Cut {
-                    let _ = backend.shutdown(Shutdown::Write);
-                    body = Body::None;
+                thrown += n;
+                if thrown > LINGER_BYTES {
+                    return;
                 }
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 if linger.is_some() {
-                    return;
-                }
-                if !body.complete()
-                    && (last_data.elapsed() >= BODY_IDLE || started.elapsed() >= BODY_DEADLINE)
-                {
-                    shared.timed_out.store(true, Ordering::SeqCst);
-                    let _ = backend.shutdown(Shutdown::Both);
                     return;
                 }
             }
@@ -864,9 +1223,14 @@ fn pump_client(client: &TcpStream, backend: &UnixStream, mut body: Body, shared:
 }
 
 /// Copies tiny_http's answer to the client until tiny_http closes, with
-/// `Connection: close` in its head. The bytes sent, or an error when the
-/// client stopped taking them.
-fn copy_answer(backend: &UnixStream, client: &TcpStream) -> std::io::Result<usize> {
+/// `Connection: close` in its head; with `head_only` (a `HEAD` request)
+/// its head only. The bytes sent, or an error when the client stopped
+/// taking them.
+fn copy_answer(
+    backend: &UnixStream,
+    client: &TcpStream,
+    head_only: bool,
+) -> std::io::Result<usize> {
     let mut buf = [0u8; 8192];
     let mut head: Vec<u8> = Vec::new();
     let mut in_head = true;
@@ -896,6 +1260,9 @@ fn copy_answer(backend: &UnixStream, client: &TcpStream) -> std::io::Result<usiz
                         send(&head)?;
                     } else {
                         send(&close_answer_head(&head))?;
+                        if head_only {
+                            return Ok(sent);
+                        }
                         in_head = false;
                     }
                     head = rest;
@@ -937,8 +1304,8 @@ fn close_answer_head(head: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A whole answer written by the relay itself.
-fn answer_bytes(r: &Resp) -> Vec<u8> {
+/// A whole answer written by the relay itself (its head only for `HEAD`).
+fn answer_bytes(r: &Resp, head_only: bool) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 {} {}\r\n", r.status, reason(r.status));
     for (k, v) in &r.headers {
         out.push_str(&format!("{k}: {v}\r\n"));
@@ -948,17 +1315,27 @@ fn answer_bytes(r: &Resp) -> Vec<u8> {
         r.body.len()
     ));
     let mut out = out.into_bytes();
-    out.extend_from_slice(&r.body);
+    if !head_only {
+        out.extend_from_slice(&r.body);
+    }
     out
 }
 
 fn reason(status: u16) -> &'static str {
     match status {
+        303 => "See Other",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
         414 => "URI Too Long",
+        417 => "Expectation Failed",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "",
@@ -967,9 +1344,9 @@ fn reason(status: u16) -> &'static str {
 
 /// Answers and closes, reading (and throwing away) what the client still
 /// sends for a moment so that the answer is not lost to a reset.
-fn refuse(client: &TcpStream, peer: IpAddr, r: &Resp) {
+fn refuse(client: &TcpStream, peer: IpAddr, r: &Resp, head_only: bool) {
     log::debug!("refused a request from {peer}: {}", r.status);
-    if (&*client).write_all(&answer_bytes(r)).is_err() {
+    if (&*client).write_all(&answer_bytes(r, head_only)).is_err() {
         return;
     }
     let _ = client.shutdown(Shutdown::Write);
@@ -991,7 +1368,7 @@ fn refuse(client: &TcpStream, peer: IpAddr, r: &Resp) {
 /// A refusal from the accept loop, which must never wait on a client.
 fn refuse_at_once(client: TcpStream, r: &Resp) {
     let _ = client.set_nonblocking(true);
-    let _ = (&client).write(&answer_bytes(r));
+    let _ = (&client).write(&answer_bytes(r, false));
     let _ = client.shutdown(Shutdown::Write);
     // Take what already arrived, so that closing does not reset.
     let _ = (&client).read(&mut [0u8; 4096]);
@@ -1118,7 +1495,8 @@ mod tests {
         let raw = "POST /api/x HTTP/1.1\r\nHost: a\r\nX-Pic-Peer: 1.2.3.4\r\nconnection: keep-alive\r\nx-pic-peer: 5.6.7.8\r\nContent-Length: 2\r\n\r\n";
         let head = parse_head(raw.as_bytes()).unwrap();
         assert_eq!(head.body().unwrap(), Body::Exact(2));
-        let out = String::from_utf8(head.forwarded("10.0.0.7".parse().unwrap())).unwrap();
+        let out =
+            String::from_utf8(head.forwarded("10.0.0.7".parse().unwrap(), true, Some(2))).unwrap();
         assert_eq!(
             out,
             "POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\nX-Pic-Peer: 10.0.0.7\r\n\r\n"
@@ -1134,27 +1512,31 @@ mod tests {
 
     #[test]
     fn bodies_end_where_their_framing_says() {
+        let mut data = Vec::new();
         let mut b = Body::Exact(10);
-        assert_eq!(b.take(b"abcd"), 4);
+        assert_eq!(b.take(b"abcd", &mut data), 4);
         assert!(!b.complete());
-        assert_eq!(b.take(b"efghijGET / HTTP/1.1"), 6);
+        assert_eq!(b.take(b"efghijGET / HTTP/1.1", &mut data), 6);
         assert!(b.complete());
-        assert_eq!(Body::None.take(b"x"), 0);
+        assert_eq!(data, b"abcdefghij");
+        assert_eq!(Body::None.take(b"x", &mut data), 0);
 
         let whole = b"5\r\nhello\r\n1A;ext=1\r\n01234567890123456789012345\r\n0\r\nX-T: 1\r\n\r\n";
         for split in [1, 3, 7, 20, whole.len()] {
             let mut b = Body::chunked();
             let mut taken = 0;
+            let mut data = Vec::new();
             // What follows the body is not taken.
             let then = [&whole[..], b"GET / HTTP/1.1\r\n\r\n"].concat();
             for piece in then.chunks(split) {
-                taken += b.take(piece);
+                taken += b.take(piece, &mut data);
             }
             assert_eq!(taken, whole.len(), "split {split}");
             assert!(b.complete(), "split {split}: {b:?}");
+            assert_eq!(data, b"hello01234567890123456789012345", "split {split}");
         }
         let mut b = Body::chunked();
-        assert_eq!(b.take(b"0\r\n\r\nGET / HTTP/1.1\r\n"), 5);
+        assert_eq!(b.take(b"0\r\n\r\nGET / HTTP/1.1\r\n", &mut data), 5);
         assert!(b.complete());
         for broken in [
             &b"x\r\n"[..],
@@ -1164,15 +1546,16 @@ mod tests {
             b"11111111111111111\r\n",
         ] {
             let mut b = Body::chunked();
-            b.take(broken);
-            assert_eq!(b, Body::Cut, "{:?}", String::from_utf8_lossy(broken));
+            b.take(broken, &mut data);
+            assert_eq!(b, Body::Cut(400), "{:?}", String::from_utf8_lossy(broken));
         }
         // Past the cap of raw bytes, the rest is cut off.
         let mut b = Body::chunked();
         let mut sent = 0;
         let chunk = [b"8000\r\n".as_slice(), &[b' '; 0x8000], b"\r\n"].concat();
-        while b != Body::Cut {
-            sent += b.take(&chunk);
+        while b != Body::Cut(413) {
+            sent += b.take(&chunk, &mut data);
+            data.clear();
         }
         assert_eq!(sent as u64, MAX_CHUNKED_RAW);
     }
@@ -1184,7 +1567,7 @@ mod tests {
             close_answer_head(head),
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n".to_vec()
         );
-        let own = String::from_utf8(answer_bytes(&too_many_lines())).unwrap();
+        let own = String::from_utf8(answer_bytes(&too_many_lines(), false)).unwrap();
         assert!(
             own.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
             "{own}"
@@ -1192,6 +1575,125 @@ mod tests {
         assert!(own.contains("\r\nConnection: close\r\n\r\n{"), "{own}");
         let (head, body) = own.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+
+    fn peer() -> IpAddr {
+        "10.0.0.7".parse().unwrap()
+    }
+
+    /// The relay of `input` with an admission that takes bodies up to
+    /// 64 bytes, except on `/refused` (401).
+    fn relay_of(input: &str, piece: usize) -> Relayed {
+        relay_bytes(input.as_bytes(), piece, peer(), |req| {
+            if req.path == "/refused" {
+                Err(401)
+            } else {
+                Ok(64)
+            }
+        })
+    }
+
+    #[test]
+    fn bodies_are_read_whole_after_admission_and_forwarded_with_their_length() {
+        for piece in [1, 2, 5, 1000] {
+            let chunked = relay_of(
+                "PUT /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\nextra",
+                piece,
+            );
+            assert_eq!(
+                chunked,
+                Relayed::Forwarded {
+                    // Not when the whole body came with the head.
+                    continued: piece < 100,
+                    bytes: b"PUT /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\nX-Pic-Peer: 10.0.0.7\r\n\r\nabcde".to_vec()
+                },
+                "piece {piece}"
+            );
+            // Short bodies and a missing last chunk, then a half-close: 400.
+            for short in [
+                "PUT /a HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
+                "PUT /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+                "PUT /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab",
+            ] {
+                assert_eq!(
+                    relay_of(short, piece),
+                    Relayed::Incomplete(400),
+                    "{short:?}"
+                );
+            }
+        }
+        // Refused on the head: no 100 Continue, no body byte looked at.
+        assert_eq!(
+            relay_of(
+                "PUT /refused HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+                1
+            ),
+            Relayed::Refused(401)
+        );
+        // Over the admitted limit: announced, or as chunks arrive.
+        assert_eq!(
+            relay_of("PUT /a HTTP/1.1\r\nContent-Length: 65\r\n\r\n", 1),
+            Relayed::Refused(413)
+        );
+        let big = format!(
+            "PUT /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n41\r\n{}\r\n0\r\n\r\n",
+            "x".repeat(65)
+        );
+        assert_eq!(relay_of(&big, 7), Relayed::Refused(413));
+        assert_eq!(
+            relay_of("PUT /a HTTP/1.1\r\nExpect: later\r\n\r\n", 1),
+            Relayed::Refused(417)
+        );
+        // HEAD goes on as GET; no body is no Content-Length.
+        assert_eq!(
+            relay_of("HEAD /a?b HTTP/1.1\r\nHost: a\r\n\r\n", 3),
+            Relayed::Forwarded {
+                continued: false,
+                bytes: b"GET /a?b HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Pic-Peer: 10.0.0.7\r\n\r\n".to_vec()
+            }
+        );
+        assert_eq!(relay_of("GET / HTTP/1.1\r\n", 1), Relayed::Incomplete(0));
+    }
+
+    #[test]
+    fn admission_sees_the_method_as_sent_and_head_as_get() {
+        let mut seen = Vec::new();
+        for input in [
+            "get /a HTTP/1.1\r\n\r\n",
+            "HEAD /a?x=1 HTTP/1.1\r\nX-Pic-Peer: 1.1.1.1\r\nHost:  h \r\n\r\n",
+        ] {
+            relay_bytes(input.as_bytes(), 100, peer(), |req| {
+                seen.push(req.clone());
+                Err(405)
+            });
+        }
+        assert_eq!(seen[0].method, "get");
+        assert_eq!(seen[1].method, "GET");
+        assert_eq!(seen[1].query, "x=1");
+        assert_eq!(seen[1].headers, vec![("Host".to_string(), "h".to_string())]);
+        assert_eq!(seen[1].remote, Some(peer()));
+    }
+
+    #[test]
+    fn one_address_holds_a_quarter_of_the_reading_slots() {
+        let table = Arc::default();
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let held: Vec<Reading> = (0..3).filter_map(|_| Reading::take(&table, a, 3)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(Reading::take(&table, a, 3).is_none());
+        assert!(Reading::take(&table, "127.0.0.1".parse().unwrap(), 3).is_some());
+        drop(held);
+        assert!(table.lock().unwrap().is_empty());
+        assert_eq!(Limits::for_open_files(1024).per_address(), 128);
+        // An IPv6 host is its /64.
+        assert_eq!(
+            address_key("2001:db8:1:2:3:4:5:6".parse().unwrap()),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            address_key("::ffff:10.1.2.3".parse().unwrap()),
+            "10.1.2.3".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

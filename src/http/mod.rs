@@ -8,16 +8,19 @@
 //! relays it, one request per connection, with the client's address in
 //! `X-Pic-Peer` (trusted only from the Unix socket, see [`to_req`]).
 //!
-//! tiny_http reads each connection's request headers on a thread of its
-//! own, so slow clients never hold a worker. A body of up to 1 KiB
-//! arrives with the headers; a longer one (at most 64 KiB) is read on a
-//! thread of its own, so a slow upload never holds a worker either. The
-//! request is routed ([`router`]) inside `catch_unwind`.
+//! The front reader passes a request on only once it has been admitted on
+//! its head and its whole body has arrived, so no slow client ever holds
+//! a worker. tiny_http reads the head on a thread of its own; a body of
+//! up to 1 KiB arrives with it, a longer one (at most 64 KiB, already on
+//! the Unix socket) is read on a thread of its own. The request is routed
+//! ([`router`]) inside `catch_unwind`. At most half the workers wait for
+//! a job's result at once (see `api::run_and_wait`), so reads always have
+//! one.
 
 mod api;
 pub mod auth;
 pub mod forms;
-mod front;
+pub mod front;
 pub mod jobs;
 pub mod msg;
 mod page;
@@ -35,7 +38,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Worker threads answering requests.
-const WORKERS: usize = 8;
+pub(crate) const WORKERS: usize = 8;
 /// The largest request body (spec §12).
 pub const MAX_BODY: usize = 64 * 1024;
 /// Requests whose body is still arriving, each read on its own thread.
@@ -65,7 +68,6 @@ pub fn serve(config: &Config) -> Result<i32> {
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|e| Error::failed(format!("listen on {}", config.listen), e))?;
     let (server, socket) = front::bind_backend(&config.state_dir)?;
-    let front = Arc::new(front::Front::new(listener, socket));
     let config = Arc::new(config.clone());
     let jobs = jobs::Jobs::start(config.clone(), store.clone())?;
     // First in the queue, but not in the way of the first answer.
@@ -79,6 +81,7 @@ pub fn serve(config: &Config) -> Result<i32> {
         throttle: auth::Throttle::default(),
         jobs,
     });
+    let front = Arc::new(front::Front::new(listener, socket, app.clone()));
     log::info!("pic-store serve: listening on http://{}", config.listen);
     log::info!(
         "admin page: run `pic-store token` for the login URL (http://{}/login?token=...)",
@@ -310,7 +313,8 @@ fn to_req(rq: &tiny_http::Request, body: Vec<u8>) -> Req {
         ),
     };
     Req {
-        method: rq.method().as_str().to_ascii_uppercase(),
+        // Case-sensitive (spec §12): `get` is not `GET`.
+        method: rq.method().as_str().to_string(),
         path: path.to_string(),
         query: query.to_string(),
         headers: rq

@@ -5,10 +5,7 @@
 //! themselves. Changes are parsed into an [`ops::Command`] right in the
 //! table and run as jobs ([`api::run_and_wait`], [`page::submit`]).
 
-use super::msg::Req;
-/// Re-exported for `front.rs`, which names it here (being changed
-/// elsewhere; it can import `msg` directly once that lands).
-pub use super::msg::Resp;
+use super::msg::{Req, Resp};
 use super::{api, auth, forms, page, App};
 use crate::error::Result;
 use crate::ids::ServiceId;
@@ -202,6 +199,50 @@ fn matches<'a>(pattern: &str, segs: &[&'a str]) -> Option<Vec<&'a str>> {
         }
     }
     Some(args)
+}
+
+/// The largest body `/login` takes (the only body read unauthenticated).
+pub const LOGIN_BODY: usize = 4 * 1024;
+
+/// What the front door decides on a request's head alone, before any
+/// body byte is read or `100 Continue` sent (spec §12 v2): the Host, the
+/// path and method, and who asks — the Bearer token for `/api/*`, the
+/// session for the admin page's posts (their CSRF token is in the body,
+/// checked once it is read). `Ok`: the most body the request may have;
+/// only `/login` takes one without credentials, and at most
+/// [`LOGIN_BODY`].
+pub fn admit(app: &App, req: &Req) -> std::result::Result<usize, Resp> {
+    if let Some(r) = check_host(app, req).or_else(|| check_repeats(req)) {
+        return Err(r);
+    }
+    let segs = segments(&req.path);
+    let side = if segs.first() == Some(&"api") {
+        Side::Api
+    } else {
+        Side::Page
+    };
+    let allowed: Vec<&str> = ROUTES
+        .iter()
+        .filter(|r| matches(r.path, &segs).is_some())
+        .map(|r| r.method)
+        .collect();
+    if allowed.is_empty() {
+        return Err(not_found(side));
+    }
+    if !allowed.contains(&req.method.as_str()) {
+        return Err(method_not_allowed(side, &allowed));
+    }
+    let signed_in = || auth::session(app, req).is_some();
+    match (side, req.method.as_str(), &segs[..]) {
+        (Side::Api, ..) => auth::api_auth(app, req).map(|()| super::MAX_BODY),
+        (Side::Page, "POST", ["login"]) => Ok(LOGIN_BODY),
+        (Side::Page, "POST", ["logout"]) if !signed_in() => Err(Resp::see_other("/login")),
+        (Side::Page, "POST", _) if !signed_in() => {
+            Err(super::page::refused(403, "log in first", &[]))
+        }
+        (Side::Page, ..) if signed_in() => Ok(super::MAX_BODY),
+        (Side::Page, ..) => Ok(0),
+    }
 }
 
 /// 403 for a Host header that is not allowed (DNS rebinding), 400 for a
