@@ -877,3 +877,91 @@ fn moving_a_peer_while_it_sends_never_leaks() {
     assert!(t0 > 0 && t1 > 0, "through both instances: {t0} {t1}");
     assert_eq!(lab.leaks(), [], "sent {}", sent.load(Ordering::Relaxed));
 }
+
+/// Removes docker networks on drop.
+struct DockerNetworks(Vec<String>);
+
+impl Drop for DockerNetworks {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = common::docker(&["network", "rm", n]);
+        }
+    }
+}
+
+fn docker_inspect(network: &str, format: &str) -> String {
+    common::ok(&common::docker(&[
+        "network", "inspect", "--format", format, network,
+    ]))
+    .trim()
+    .to_string()
+}
+
+/// The one part the lab stubs, against the real engine: the subnets of a
+/// service's compose networks (found by compose's project label) and the
+/// cell network's bridge reach the planned chains.
+#[test]
+fn helper_networks_come_from_the_real_docker() {
+    if !common::require_rig() {
+        return;
+    }
+    let id = common::unique("pkh");
+    let (cell, own) = (common::unique("pkh-cell"), common::unique("pkh-own"));
+    let label = format!("com.docker.compose.project=pic-{id}");
+    let nets = DockerNetworks(vec![cell.clone(), own.clone()]);
+    common::ok(&common::docker(&["network", "create", &cell]));
+    common::ok(&common::docker(&[
+        "network", "create", "--label", &label, &own,
+    ]));
+    let subnet = docker_inspect(&own, "{{range .IPAM.Config}}{{.Subnet}}{{end}}");
+    let cell_id = docker_inspect(&cell, "{{.Id}}");
+
+    let dir = TempDir::with_prefix("pic-packets-docker");
+    let state_dir = dir.state_dir();
+    fs::create_dir_all(&state_dir).unwrap();
+    let svc = |id: &str, ip: Value, conn: Value| {
+        json!({
+            "manifest": {
+                "id": id, "name": id, "version": "1", "author": "t",
+                "kind": if conn.is_null() { "service" } else { "connectivity" },
+                "image": "127.0.0.1:5000/roof/web:1", "container_name": format!("c-{id}"),
+                "requires": [], "volumes": [], "env": [], "iptables_rules": [],
+                "routes": [], "cap_add": [], "provision_hook": null,
+                "instanceable": !conn.is_null(), "connectivity": conn
+            },
+            "ip": ip, "installed_at": 0, "image_digest": null,
+            "template": if conn.is_null() { Value::Null } else { json!("services: {}\n") }
+        })
+    };
+    let state = json!({
+        "schema": 1,
+        "services": {
+            id.clone(): svc(&id, json!("172.20.0.21"), Value::Null),
+            "wg-ext": svc("wg-ext", Value::Null, json!({"mode": "route"})),
+        },
+        "connections": {"office-vpn": {"service": "wg-ext", "fwmark": 0x101, "table": 101,
+                         "port": 12001, "ip": "172.20.0.31", "created_at": 0}},
+        "egress": {id.clone(): "office-vpn"},
+    });
+    fs::write(state_dir.join("state.json"), state.to_string()).unwrap();
+
+    let ns = common::Netns::new();
+    let out = common::pic_in(
+        &ns,
+        &dir,
+        &[
+            ("PIC_NETWORK", cell.as_str()),
+            ("PIC_WAN_IFACE", "picdummy"),
+        ],
+        &["reapply", "--dry-run"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let br = format!("br-{}", &cell_id[..12]);
+    for line in [
+        format!("-A PIC_EGRESS -s {subnet} -j MARK --set-xmark 0x101/0xffffffff"),
+        format!("-A PIC_KILLSWITCH -s {subnet} -o {br} -m mark --mark 0x101 -j ACCEPT"),
+    ] {
+        assert!(text.contains(&line), "{line}\n{}", show(&out));
+    }
+    drop(nets);
+}
