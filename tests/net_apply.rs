@@ -151,8 +151,10 @@ impl Netns {
         self.exec(&[IP, "rule", "show"])
     }
 
+    /// IPv4 routes of every table (the IPv6 link-local route appears a
+    /// moment after the link, whenever duplicate address detection ends).
     fn routes(&self) -> String {
-        self.exec(&[IP, "route", "show", "table", "all"])
+        self.exec(&[IP, "-4", "route", "show", "table", "all"])
     }
 }
 
