@@ -32,6 +32,69 @@ impl std::fmt::Display for Ipv4Pool {
     }
 }
 
+/// An IPv4 subnet in canonical form (`10.8.0.0/24`: no host bits set,
+/// prefix 1–32), printed the way `iptables-save` prints a `-d` match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ipv4Subnet {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Subnet {
+    /// Parses `A.B.C.D/P`; `why` says what is wrong otherwise.
+    pub fn parse(v: &str) -> std::result::Result<Ipv4Subnet, String> {
+        let (a, p) = v
+            .split_once('/')
+            .ok_or_else(|| format!("{v:?} is not a subnet such as 10.8.0.0/24"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("{v:?}: {a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| (1..=32).contains(p))
+            .ok_or_else(|| format!("{v:?}: the prefix must be 1 to 32"))?;
+        let net = Ipv4Subnet { addr, prefix }.network();
+        if net.addr != addr {
+            return Err(format!("{v:?} has host bits set; did you mean {net}?"));
+        }
+        Ok(net)
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix))
+    }
+
+    /// The same prefix with the host bits cleared.
+    pub fn network(&self) -> Ipv4Subnet {
+        Ipv4Subnet {
+            addr: Ipv4Addr::from(u32::from(self.addr) & self.mask()),
+            prefix: self.prefix,
+        }
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.addr)
+    }
+
+    /// Whether the two share any address.
+    pub fn overlaps(&self, other: &Ipv4Subnet) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+
+    /// The cell network, `172.20.0.0/24`.
+    pub fn cell() -> Ipv4Subnet {
+        let (addr, prefix) = NETWORK_SUBNET;
+        Ipv4Subnet { addr, prefix }
+    }
+}
+
+impl std::fmt::Display for Ipv4Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// A program pic-store runs: the name or path given, and where it was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Program {
@@ -74,6 +137,9 @@ pub struct Config {
     /// Host folders a manifest may mount (`PIC_HOST_MOUNT_ROOTS`),
     /// normalised, absolute.
     pub host_mount_roots: Vec<PathBuf>,
+    /// Subnets routed peers and services with egress reach directly,
+    /// never through an instance (spec §9 "The cell stays reachable").
+    pub direct_subnets: Vec<Ipv4Subnet>,
 }
 
 /// The subnet of the cell network; the pool must lie inside it.
@@ -145,6 +211,8 @@ impl Config {
         let host_mount_roots =
             parse_mount_roots(&var("PIC_HOST_MOUNT_ROOTS", DEFAULT_HOST_MOUNT_ROOTS))?;
 
+        let direct_subnets = parse_subnets("PIC_DIRECT_SUBNETS", &var("PIC_DIRECT_SUBNETS", ""))?;
+
         Ok(Config {
             index_url,
             state_dir,
@@ -167,6 +235,7 @@ impl Config {
             cosign,
             log_level,
             host_mount_roots,
+            direct_subnets,
         })
     }
 
@@ -202,6 +271,14 @@ impl Config {
             ("PIC_COSIGN", prog(&self.cosign)),
             ("PIC_LOG", self.log_level.to_string().to_lowercase()),
             ("PIC_HOST_MOUNT_ROOTS", self.host_mount_roots_text()),
+            (
+                "PIC_DIRECT_SUBNETS",
+                self.direct_subnets
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         ]
     }
 
@@ -422,6 +499,19 @@ fn parse_pool(v: &str) -> Result<Ipv4Pool> {
     Ok(Ipv4Pool { first, last })
 }
 
+/// Comma-separated IPv4 subnets (`PIC_DIRECT_SUBNETS`), in the order
+/// given, each once; empty: none.
+fn parse_subnets(var: &'static str, v: &str) -> Result<Vec<Ipv4Subnet>> {
+    let mut out = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let net = Ipv4Subnet::parse(item).map_err(|why| config_err(var, why))?;
+        if !out.contains(&net) {
+            out.push(net);
+        }
+    }
+    Ok(out)
+}
+
 /// Splits an argv written as words separated by spaces. No quoting: the
 /// value is never given to a shell, and a word with a space has no place in
 /// these commands.
@@ -557,6 +647,12 @@ mod tests {
             ("PIC_DOCKER", "bin/docker"),
             ("PIC_DOCKER", "docker ps"),
             ("PIC_LOG", "loud"),
+            ("PIC_DIRECT_SUBNETS", "10.8.0.1/24"),
+            ("PIC_DIRECT_SUBNETS", "10.8.0.0"),
+            ("PIC_DIRECT_SUBNETS", "10.8.0.0/0"),
+            ("PIC_DIRECT_SUBNETS", "10.8.0.0/33"),
+            ("PIC_DIRECT_SUBNETS", "10.8.0.0/24 -j ACCEPT"),
+            ("PIC_DIRECT_SUBNETS", "fd00::/64"),
         ] {
             assert_eq!(err_var(cfg(&[(var, value)])), var, "{var}={value}");
         }
@@ -576,6 +672,29 @@ mod tests {
         assert!(c.ip.found);
         assert!(!c.docker.found);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn direct_subnets_are_canonical_and_deduplicated() {
+        assert!(cfg(&[]).unwrap().direct_subnets.is_empty());
+        let c = cfg(&[(
+            "PIC_DIRECT_SUBNETS",
+            " 10.8.0.0/24, 192.168.1.0/24,,10.8.0.0/24,10.0.0.7/32 ",
+        )])
+        .unwrap();
+        let all: Vec<String> = c.direct_subnets.iter().map(|n| n.to_string()).collect();
+        assert_eq!(all, ["10.8.0.0/24", "192.168.1.0/24", "10.0.0.7/32"]);
+        let described = c.describe();
+        let line = described
+            .iter()
+            .find(|(k, _)| *k == "PIC_DIRECT_SUBNETS")
+            .unwrap();
+        assert_eq!(line.1, "10.8.0.0/24,192.168.1.0/24,10.0.0.7/32");
+        let net = Ipv4Subnet::parse("172.21.0.0/16").unwrap();
+        assert!(!net.overlaps(&Ipv4Subnet::cell()));
+        assert!(Ipv4Subnet::parse("172.0.0.0/8")
+            .unwrap()
+            .overlaps(&Ipv4Subnet::cell()));
     }
 
     #[test]

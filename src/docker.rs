@@ -1,8 +1,9 @@
 //! Plain `docker` calls (not compose): the cell network, the addresses on
 //! it, image digests and presence, `docker exec` for provision hooks, and
-//! removal of a compose project's leftovers by label when its file is gone.
+//! removal of a compose project's leftovers by label when its file is gone,
+//! and the subnets of compose projects' own networks (for egress).
 
-use crate::config::{Config, NETWORK_SUBNET};
+use crate::config::{Config, Ipv4Subnet, NETWORK_SUBNET};
 use crate::error::{Error, Result};
 use crate::host::{Cmd, Host};
 use std::collections::BTreeSet;
@@ -79,6 +80,104 @@ pub fn network_ips(host: &dyn Host, config: &Config) -> Result<BTreeSet<Ipv4Addr
         .filter_map(|a| a.split('/').next())
         .filter_map(|a| a.parse().ok())
         .collect())
+}
+
+/// The networks of some compose projects and the cell network's bridge,
+/// as docker has them now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProjectNetworks {
+    /// Project → the IPv4 subnets of its own networks (the cell network
+    /// is never among them).
+    pub subnets: std::collections::BTreeMap<String, Vec<Ipv4Subnet>>,
+    /// The Linux bridge of `PIC_NETWORK` (`br-` and the first 12 digits of
+    /// its id unless docker was told a name); `None` when it is missing.
+    pub cell_bridge: Option<String>,
+}
+
+/// Reads the networks of `projects` (compose project names) and the cell
+/// network: one `network ls`, then one `network inspect` of the cell
+/// network and the projects' networks.
+pub fn project_networks(
+    host: &dyn Host,
+    config: &Config,
+    projects: &BTreeSet<String>,
+) -> Result<ProjectNetworks> {
+    let listed = host.run(&docker(config).args([
+        "network",
+        "ls",
+        "--filter",
+        "label=com.docker.compose.project",
+        "--format",
+        "{{.ID}}\t{{.Label \"com.docker.compose.project\"}}",
+    ]))?;
+    let ids: Vec<&str> = listed
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(_, project)| projects.contains(project.trim()))
+        .map(|(id, _)| id.trim())
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    let out = host.run(
+        &docker(config)
+            .args([
+                "network",
+                "inspect",
+                "--format",
+                "{{.Name}}\t{{.Id}}\t{{index .Options \"com.docker.network.bridge.name\"}}\t{{index .Labels \"com.docker.compose.project\"}}\t{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+            ])
+            .arg(&config.network)
+            .args(ids.iter().copied())
+            .allow_failure(),
+    )?;
+    // A missing cell network fails the call but the others still print.
+    if !out.success() && out.stdout.trim().is_empty() && !ids.is_empty() {
+        return Err(Error::failed(
+            "read the compose networks",
+            crate::error::stderr_tail(&out.stderr),
+        ));
+    }
+    Ok(parse_project_networks(
+        &out.stdout,
+        &config.network,
+        projects,
+    ))
+}
+
+/// Parses the `network inspect` lines of [`project_networks`].
+fn parse_project_networks(
+    text: &str,
+    cell_network: &str,
+    projects: &BTreeSet<String>,
+) -> ProjectNetworks {
+    let mut found = ProjectNetworks::default();
+    let given = |v: &str| (!v.is_empty() && v != "<no value>").then(|| v.to_string());
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').map(str::trim).collect();
+        let [name, id, bridge, project, subnets] = f.as_slice() else {
+            continue;
+        };
+        if *name == cell_network {
+            found.cell_bridge = given(bridge).or_else(|| {
+                id.get(..12)
+                    .filter(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .map(|p| format!("br-{p}"))
+            });
+            continue;
+        }
+        if !projects.contains(*project) {
+            continue;
+        }
+        let nets = found.subnets.entry(project.to_string()).or_default();
+        for net in subnets.split_whitespace() {
+            if let Ok(net) = Ipv4Subnet::parse(net) {
+                if !nets.contains(&net) {
+                    nets.push(net);
+                }
+            }
+        }
+    }
+    found
 }
 
 /// The repo digests (`REPO@sha256:...`) of a local image; empty when the
@@ -227,7 +326,27 @@ pub fn image_listed(images: &[(String, String, String)], image: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::image_listed;
+    use super::{image_listed, parse_project_networks};
+
+    #[test]
+    fn project_networks_and_the_cell_bridge_are_read_from_inspect() {
+        let projects = ["pic-files".to_string()].into_iter().collect();
+        let text = "cell-network\t0123456789abcdef\t<no value>\t<no value>\t172.20.0.0/24 \n\
+                    pic-files_default\tfeed\t\tpic-files\t172.21.0.0/16 fd00::/64 \n\
+                    pic-files_db\tbeef\t<no value>\tpic-files\t172.22.5.0/24 \n\
+                    pic-other_default\tcafe\t\tpic-other\t172.23.0.0/16 \n";
+        let n = parse_project_networks(text, "cell-network", &projects);
+        assert_eq!(n.cell_bridge.as_deref(), Some("br-0123456789ab"));
+        let files: Vec<String> = n.subnets["pic-files"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(files, ["172.21.0.0/16", "172.22.5.0/24"]);
+        assert_eq!(n.subnets.len(), 1);
+        let named = "cell-network\t0123456789abcdef\tbr-cell\t\t172.20.0.0/24 \n";
+        let n = parse_project_networks(named, "cell-network", &projects);
+        assert_eq!(n.cell_bridge.as_deref(), Some("br-cell"));
+    }
 
     #[test]
     fn images_are_found_by_digest_or_tag() {

@@ -40,6 +40,7 @@ const VARIABLES: &[&str] = &[
     "PIC_IP",
     "PIC_COSIGN",
     "PIC_LOG",
+    "PIC_DIRECT_SUBNETS",
 ];
 
 /// Variables the image sets (uncommented in `/etc/default/pic-store`): none,

@@ -157,7 +157,7 @@ fn shape(m: &manifest::ValidManifest, config: &Config) -> (usize, usize, usize, 
     let fw: String = net::firewall::plan(&state, "eth0")
         .tables
         .iter()
-        .map(|t| t.restore_text(&[]))
+        .map(|t| t.restore_text(&[], &Default::default()))
         .collect();
     let caddy = net::caddy::render(&state, "cell.local");
     let vars = Vars::for_service(m, Ipv4Addr::new(172, 20, 0, 20), config);

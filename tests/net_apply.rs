@@ -151,8 +151,10 @@ impl Netns {
         self.exec(&[IP, "rule", "show"])
     }
 
+    /// IPv4 routes of every table (the IPv6 link-local route appears a
+    /// moment after the link, whenever duplicate address detection ends).
     fn routes(&self) -> String {
-        self.exec(&[IP, "route", "show", "table", "all"])
+        self.exec(&[IP, "-4", "route", "show", "table", "all"])
     }
 }
 
@@ -315,8 +317,9 @@ fn two_services_apply_once_and_leave_other_rules_alone() {
         "-A PIC_CONNECTIVITY -s 10.8.0.3/32 -j MARK --set-xmark 0x101/0xffffffff",
         "-A PIC_EGRESS -s 172.20.0.20/32 -j MARK --set-xmark 0x101/0xffffffff",
         "-A PIC_CONNECTIVITY -s 10.8.0.2/32 -p tcp -j REDIRECT --to-ports 12000",
-        "-A FORWARD -j PIC_SERVICES",
-        "-A FORWARD -j PIC_KILLSWITCH",
+        "-A FORWARD -j DOCKER-USER",
+        "-A DOCKER-USER -j PIC_SERVICES",
+        "-A DOCKER-USER -j PIC_KILLSWITCH",
         "-A FORWARD -s 10.9.9.9/32 -j ACCEPT",
         "-A OTHER -j RETURN",
     ] {
@@ -325,8 +328,26 @@ fn two_services_apply_once_and_leave_other_rules_alone() {
     // Two tables have a PREROUTING jump to a PIC_CONNECTIVITY chain.
     assert_eq!(count_lines(&save, "-A PREROUTING -j PIC_CONNECTIVITY"), 2);
     assert_eq!(count_lines(&save, "-A PREROUTING -j PIC_EGRESS"), 1);
-    let ks = save.find("-A FORWARD -j PIC_KILLSWITCH").unwrap();
-    let acc = save.find("-A FORWARD -j PIC_SERVICES").unwrap();
+    // Each marking or redirecting chain starts with the cell's RETURNs.
+    assert_eq!(
+        count_lines(
+            &save,
+            "-A PIC_EGRESS -m addrtype --dst-type LOCAL -j RETURN"
+        ),
+        1
+    );
+    assert_eq!(
+        count_lines(&save, "-A PIC_CONNECTIVITY -d 172.20.0.0/24 -j RETURN"),
+        2
+    );
+    // No jump of ours straight from FORWARD; DOCKER-USER is reached
+    // before the host's ACCEPT, and the kill-switch decides first there.
+    assert!(!save.contains("-A FORWARD -j PIC_"), "{save}");
+    let user = save.find("-A FORWARD -j DOCKER-USER").unwrap();
+    let host = save.find("-A FORWARD -s 10.9.9.9/32 -j ACCEPT").unwrap();
+    assert!(user < host, "DOCKER-USER first:\n{save}");
+    let ks = save.find("-A DOCKER-USER -j PIC_KILLSWITCH").unwrap();
+    let acc = save.find("-A DOCKER-USER -j PIC_SERVICES").unwrap();
     assert!(ks < acc, "kill-switch first:\n{save}");
 
     let rules = ns.rules();

@@ -122,10 +122,11 @@ fn reapply_changes_nothing_twice_and_repairs_what_was_changed() {
         );
     }
     assert_eq!(
-        save.matches("-A FORWARD -j PIC_SERVICES\n").count(),
+        save.matches("-A DOCKER-USER -j PIC_SERVICES\n").count(),
         1,
         "{save}"
     );
+    assert!(!save.contains("-A FORWARD -j PIC_"), "{save}");
     assert!(save.contains("-A FORWARD -s 10.9.9.9/32 -j ACCEPT\n"));
     assert!(save.contains("-A OTHER -j RETURN\n"));
 

@@ -119,10 +119,43 @@ impl NetReport {
     }
 }
 
+/// What the firewall plan needs besides the state: the configuration and,
+/// when some service has an egress choice, its compose networks and the
+/// cell network's bridge as docker has them now (so `reapply` follows
+/// networks docker re-created). When docker cannot be read, the helpers
+/// are left unmarked and a warning says so.
+pub fn surroundings(host: &dyn Host, config: &Config, state: &State) -> firewall::Surroundings {
+    let mut around = firewall::Surroundings::new(&config.wan_iface);
+    around.direct_subnets = config.direct_subnets.clone();
+    if state.egress.is_empty() {
+        return around;
+    }
+    let projects: std::collections::BTreeSet<String> = state
+        .egress
+        .keys()
+        .map(|id| crate::compose::project_name(id, None))
+        .collect();
+    match crate::docker::project_networks(host, config, &projects) {
+        Ok(found) => {
+            for id in state.egress.keys() {
+                let project = crate::compose::project_name(id, None);
+                if let Some(nets) = found.subnets.get(&project) {
+                    around.helper_subnets.insert(id.clone(), nets.clone());
+                }
+            }
+            around.cell_bridge = found.cell_bridge;
+        }
+        Err(e) => around.warnings.push(format!(
+            "firewall: helpers of services with egress left unmarked: their networks are unknown: {e}"
+        )),
+    }
+    around
+}
+
 /// Makes the firewall, the policy routing and the Caddy file match
 /// `state`. Always `Ok`: each part's failure is in the report.
 pub fn apply_all(host: &dyn Host, config: &Config, state: &State) -> Result<NetReport> {
-    let fw_plan = firewall::plan(state, &config.wan_iface);
+    let fw_plan = firewall::plan_with(state, &surroundings(host, config, state));
     let firewall = firewall::apply(host, config, &fw_plan);
     let rt_plan = routing::plan(state);
     let routing = routing::apply(host, config, &rt_plan);
@@ -163,7 +196,7 @@ pub struct DryRun {
 pub fn dry_run(host: &dyn Host, config: &Config, state: &State) -> DryRun {
     let mut out = DryRun::default();
 
-    let fw_plan = firewall::plan(state, &config.wan_iface);
+    let fw_plan = firewall::plan_with(state, &surroundings(host, config, state));
     out.warnings.extend(fw_plan.warnings.iter().cloned());
     match firewall::read_live(host, config) {
         Ok(save) => {
@@ -329,7 +362,11 @@ pub(crate) mod tests {
     fn a_failing_part_does_not_stop_the_others() {
         let dir = std::env::temp_dir().join(format!("pic-net-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        // The golden state has an egress: docker is asked for the
+        // service's compose networks and the cell network first.
         let host = FakeHost::new()
+            .answer("", 0, "")
+            .answer("", 0, "")
             .answer("/sbin/iptables-save", 1, "")
             .answer("/sbin/ip -4 -N -batch -", 0, "")
             .answer("/sbin/ip -force -batch -", 0, "");
@@ -346,14 +383,20 @@ pub(crate) mod tests {
     fn dry_run_reports_everything_on_a_bare_host_and_changes_nothing() {
         let dir = std::env::temp_dir().join(format!("pic-net-dry-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let host = FakeHost::new().answer("/sbin/iptables-save", 0, "").answer(
-            "/sbin/ip -4 -N -batch -",
-            0,
-            "",
-        );
+        let host = FakeHost::new()
+            .answer("", 0, "")
+            .answer("", 0, "")
+            .answer("/sbin/iptables-save", 0, "")
+            .answer("/sbin/ip -4 -N -batch -", 0, "");
         let d = dry_run(&host, &config(&dir), &golden_state());
+        // The golden state has an egress: docker is asked for the
+        // service's compose networks and the cell network's bridge.
+        let calls = host.calls();
+        assert_eq!(calls.len(), 4, "{calls:?}");
+        assert!(calls[0].contains(" network ls --filter label=com.docker.compose.project "));
+        assert!(calls[1].contains(" network inspect ") && calls[1].ends_with(" cell-network"));
         assert_eq!(
-            host.calls(),
+            calls[2..],
             ["/sbin/iptables-save", "/sbin/ip -4 -N -batch -"]
         );
         assert!(d.ruleset.starts_with("*filter\n"));
@@ -367,5 +410,54 @@ pub(crate) mod tests {
             .any(|l| l == "iptables filter PIC_SERVICES: chain missing"));
         assert!(!dir.join("services.caddy").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn surroundings_read_the_egress_services_networks_from_docker() {
+        let dir = std::env::temp_dir().join(format!("pic-net-around-{}", std::process::id()));
+        let mut cfg = config(&dir);
+        cfg.docker.path = "/bin/docker".into();
+        cfg.direct_subnets = vec![crate::config::Ipv4Subnet::parse("10.8.0.0/24").unwrap()];
+        let host = FakeHost::default()
+            .answer(
+                "",
+                0,
+                "aaa111\tpic-radicale\nbbb222\tpic-files\nccc333\tpic-radicale\n",
+            )
+            .answer(
+                "",
+                0,
+                "cell-network\t0123456789abcdef00\t<no value>\t<no value>\t172.20.0.0/24 \n\
+                 pic-radicale_default\taaa111\t\tpic-radicale\t172.21.0.0/16 \n\
+                 pic-radicale_db\tccc333\t\tpic-radicale\t172.22.0.0/16 \n",
+            );
+        let around = surroundings(&host, &cfg, &golden_state());
+        assert_eq!(
+            host.calls()[0],
+            "/bin/docker network ls --filter label=com.docker.compose.project --format {{.ID}}\t{{.Label \"com.docker.compose.project\"}}"
+        );
+        assert_eq!(
+            host.calls()[1],
+            "/bin/docker network inspect --format {{.Name}}\t{{.Id}}\t{{index .Options \"com.docker.network.bridge.name\"}}\t{{index .Labels \"com.docker.compose.project\"}}\t{{range .IPAM.Config}}{{.Subnet}} {{end}} cell-network aaa111 ccc333"
+        );
+        let nets: Vec<String> = around.helper_subnets["radicale"]
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["172.21.0.0/16", "172.22.0.0/16"]);
+        assert_eq!(around.cell_bridge.as_deref(), Some("br-0123456789ab"));
+        assert_eq!(around.direct_subnets, cfg.direct_subnets);
+
+        // Without an egress docker is not asked; when it cannot answer,
+        // the plan says so.
+        let host = FakeHost::default();
+        let mut st = golden_state();
+        st.egress.clear();
+        let around = surroundings(&host, &cfg, &st);
+        assert!(host.calls().is_empty());
+        assert!(around.helper_subnets.is_empty());
+        let host = FakeHost::default().answer("", 1, "");
+        let around = surroundings(&host, &cfg, &golden_state());
+        assert_eq!(around.warnings.len(), 1, "{:?}", around.warnings);
     }
 }
