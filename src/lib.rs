@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod net;
 pub mod ops;
 pub mod report;
+pub mod runtime;
 pub mod state;
 pub mod store;
 pub mod token;
