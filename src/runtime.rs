@@ -163,6 +163,116 @@ fn exit_code(status: &str) -> Option<i32> {
     status[open + 1..close].trim().parse().ok()
 }
 
+/// What the health wait (spec §13) makes of a project's containers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Every container is running, and healthy where it has a healthcheck.
+    Ready,
+    /// A healthcheck has not passed yet, or no container is there yet.
+    Waiting,
+    /// This container is unhealthy, restarting or exited.
+    Failed(ContainerRuntime),
+}
+
+/// Judges one look at a project's containers.
+pub fn judge(containers: &[ContainerRuntime]) -> Health {
+    if let Some(bad) = containers.iter().find(|c| {
+        matches!(
+            c.state,
+            RunState::Unhealthy | RunState::Restarting | RunState::Exited
+        )
+    }) {
+        return Health::Failed(bad.clone());
+    }
+    if containers.is_empty()
+        || containers
+            .iter()
+            .any(|c| matches!(c.state, RunState::Starting | RunState::Missing))
+    {
+        return Health::Waiting;
+    }
+    Health::Ready
+}
+
+/// One project's containers, in one `docker ps -a`.
+pub fn project(host: &dyn Host, config: &Config, project: &str) -> Result<Vec<ContainerRuntime>> {
+    let out = host.run(
+        &Cmd::new(&config.docker)
+            .timeout(Duration::from_secs(30))
+            .args(["ps", "-a", "--filter"])
+            .arg(format!("label=com.docker.compose.project={project}"))
+            .args(["--format", PS_FORMAT]),
+    )?;
+    Ok(parse_ps(&out.stdout).remove(project).unwrap_or_default())
+}
+
+/// How many log lines of a failing container an error carries.
+const FAILURE_LOG_LINES: usize = 20;
+
+/// Waits, looking once a second, until every container of `project` is
+/// running (healthy where it has a healthcheck). Unhealthy, restarting,
+/// exited or `timeout` is an error naming the container, its state and its
+/// last log lines.
+pub fn wait_healthy(
+    host: &dyn Host,
+    config: &Config,
+    project: &str,
+    timeout: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut told = false;
+    loop {
+        let containers = self::project(host, config, project)?;
+        let waiting_on = match judge(&containers) {
+            Health::Ready => return Ok(()),
+            Health::Failed(c) => {
+                let why = match c.exit_code {
+                    Some(code) => format!("{} ({code})", c.state.as_str()),
+                    None => c.state.as_str().to_string(),
+                };
+                return Err(failure(host, config, &c.name, &why));
+            }
+            Health::Waiting => containers
+                .iter()
+                .find(|c| c.state == RunState::Starting)
+                .map(|c| c.name.clone())
+                .unwrap_or_else(|| project.to_string()),
+        };
+        if std::time::Instant::now() >= deadline {
+            let why = format!("not healthy within {} s", timeout.as_secs());
+            return Err(failure(host, config, &waiting_on, &why));
+        }
+        if !told {
+            progress(&format!("waiting for {waiting_on} to be healthy"));
+            told = true;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The health-wait error: the container, why, and its last log lines.
+fn failure(host: &dyn Host, config: &Config, container: &str, why: &str) -> crate::error::Error {
+    let logs = host
+        .run(
+            &Cmd::new(&config.docker)
+                .timeout(Duration::from_secs(10))
+                .args(["logs", "--tail"])
+                .arg(FAILURE_LOG_LINES.to_string())
+                .arg(container)
+                .allow_failure(),
+        )
+        .map(|o| format!("{}{}", o.stdout, o.stderr))
+        .unwrap_or_default();
+    let logs = logs.trim();
+    let reason = if logs.is_empty() {
+        format!("{container} is {why}")
+    } else {
+        format!("{container} is {why}; its last log lines:\n{logs}")
+    };
+    crate::error::Error::failed("health check", reason)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +398,30 @@ mod tests {
             serde_json::json!({"state": "exited", "exit_code": 2, "containers": [
                 {"name": "cell-web", "service": "web", "state": "exited", "exit_code": 2}]})
         );
+    }
+
+    #[test]
+    fn health_is_judged_on_every_container() {
+        let c = |name: &str, state| ContainerRuntime {
+            name: name.into(),
+            service: name.into(),
+            state,
+            exit_code: None,
+        };
+        assert_eq!(
+            judge(&[c("a", RunState::Running), c("b", RunState::Healthy)]),
+            Health::Ready
+        );
+        assert_eq!(
+            judge(&[c("a", RunState::Running), c("b", RunState::Starting)]),
+            Health::Waiting
+        );
+        assert_eq!(judge(&[]), Health::Waiting);
+        for bad in [RunState::Unhealthy, RunState::Exited, RunState::Restarting] {
+            match judge(&[c("a", RunState::Starting), c("b", bad)]) {
+                Health::Failed(f) => assert_eq!(f.name, "b"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 }
