@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod compose;
 pub mod config;
+pub mod disk;
 pub mod docker;
 pub mod error;
 pub mod files;
