@@ -1,0 +1,427 @@
+//! What installed services and connection instances are doing right now
+//! (spec §13 "Runtime state"): one `docker ps -a` over every compose
+//! project's containers, read into a [`Runtime`] per project. Pure but for
+//! [`inventory`]; the parsing and the "worst of its containers" rule are
+//! tested with plain text below.
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::host::{Cmd, Host};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A project's or a container's state, in the order of spec §13: the
+/// derived `Ord` puts the worst first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Missing,
+    Exited,
+    Restarting,
+    Unhealthy,
+    Starting,
+    Running,
+    Healthy,
+    /// The owner stopped it (`pic-store stop`); never a container's own.
+    Stopped,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Missing => "missing",
+            RunState::Exited => "exited",
+            RunState::Restarting => "restarting",
+            RunState::Unhealthy => "unhealthy",
+            RunState::Starting => "starting",
+            RunState::Running => "running",
+            RunState::Healthy => "healthy",
+            RunState::Stopped => "stopped",
+        }
+    }
+}
+
+/// One container of a project, as `docker ps` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ContainerRuntime {
+    pub name: String,
+    /// The compose service name.
+    pub service: String,
+    pub state: RunState,
+    pub exit_code: Option<i32>,
+}
+
+/// A project's runtime: the worst of its containers' states (spec §13).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Runtime {
+    pub state: RunState,
+    pub exit_code: Option<i32>,
+    pub containers: Vec<ContainerRuntime>,
+}
+
+impl Runtime {
+    /// The runtime of a project with these containers; `stopped` when its
+    /// owner stopped it, whatever its containers do.
+    pub fn of(containers: Vec<ContainerRuntime>, owner_stopped: bool) -> Runtime {
+        let worst = containers.iter().min_by_key(|c| c.state);
+        let (state, exit_code) = match worst {
+            _ if owner_stopped => (RunState::Stopped, None),
+            Some(c) => (c.state, c.exit_code),
+            None => (RunState::Missing, None),
+        };
+        Runtime {
+            state,
+            exit_code,
+            containers,
+        }
+    }
+}
+
+/// The `--format` of the one `docker ps -a`: project, service, name, the
+/// container's state word and its status text (which carries the health
+/// and the exit code).
+const PS_FORMAT: &str = "{{.Label \"com.docker.compose.project\"}}\t\
+{{.Label \"com.docker.compose.service\"}}\t{{.Names}}\t{{.State}}\t{{.Status}}";
+
+/// Every compose project's containers, by project name, in one call.
+pub fn inventory(
+    host: &dyn Host,
+    config: &Config,
+) -> Result<BTreeMap<String, Vec<ContainerRuntime>>> {
+    let out = host.run(
+        &Cmd::new(&config.docker)
+            .timeout(Duration::from_secs(30))
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                "label=com.docker.compose.project",
+                "--format",
+                PS_FORMAT,
+            ]),
+    )?;
+    Ok(parse_ps(&out.stdout))
+}
+
+/// Reads the lines of [`PS_FORMAT`]; lines of another shape are skipped.
+pub fn parse_ps(text: &str) -> BTreeMap<String, Vec<ContainerRuntime>> {
+    let mut map: BTreeMap<String, Vec<ContainerRuntime>> = BTreeMap::new();
+    for line in text.lines() {
+        let mut f = line.split('\t');
+        let (Some(project), Some(service), Some(name), Some(state), Some(status)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        if project.is_empty() {
+            continue;
+        }
+        let (state, exit_code) = container_state(state.trim(), status.trim());
+        map.entry(project.to_string())
+            .or_default()
+            .push(ContainerRuntime {
+                name: name.to_string(),
+                service: service.to_string(),
+                state,
+                exit_code,
+            });
+    }
+    for containers in map.values_mut() {
+        containers.sort_by(|a, b| a.service.cmp(&b.service).then(a.name.cmp(&b.name)));
+    }
+    map
+}
+
+/// A container's state from docker's state word (`running`, `exited`,
+/// `restarting`, `created`, `paused`, `dead`, `removing`) and status text
+/// (`Up 3 minutes (healthy)`, `Exited (137) 5 seconds ago`, ...).
+fn container_state(state: &str, status: &str) -> (RunState, Option<i32>) {
+    match state {
+        "running" | "paused" => {
+            let s = if status.contains("(unhealthy)") {
+                RunState::Unhealthy
+            } else if status.contains("(healthy)") {
+                RunState::Healthy
+            } else if status.contains("(health: starting)") {
+                RunState::Starting
+            } else {
+                RunState::Running
+            };
+            (s, None)
+        }
+        "restarting" => (RunState::Restarting, exit_code(status)),
+        "exited" | "dead" | "created" => (RunState::Exited, exit_code(status)),
+        _ => (RunState::Missing, None),
+    }
+}
+
+/// The number in the first parentheses of `Exited (N) ...`.
+fn exit_code(status: &str) -> Option<i32> {
+    let open = status.find('(')?;
+    let close = open + status[open..].find(')')?;
+    status[open + 1..close].trim().parse().ok()
+}
+
+/// What the health wait (spec §13) makes of a project's containers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Every container is running, and healthy where it has a healthcheck.
+    Ready,
+    /// A healthcheck has not passed yet, or no container is there yet.
+    Waiting,
+    /// This container is unhealthy, restarting or exited.
+    Failed(ContainerRuntime),
+}
+
+/// Judges one look at a project's containers.
+pub fn judge(containers: &[ContainerRuntime]) -> Health {
+    if let Some(bad) = containers.iter().find(|c| {
+        matches!(
+            c.state,
+            RunState::Unhealthy | RunState::Restarting | RunState::Exited
+        )
+    }) {
+        return Health::Failed(bad.clone());
+    }
+    if containers.is_empty()
+        || containers
+            .iter()
+            .any(|c| matches!(c.state, RunState::Starting | RunState::Missing))
+    {
+        return Health::Waiting;
+    }
+    Health::Ready
+}
+
+/// One project's containers, in one `docker ps -a`.
+pub fn project(host: &dyn Host, config: &Config, project: &str) -> Result<Vec<ContainerRuntime>> {
+    let out = host.run(
+        &Cmd::new(&config.docker)
+            .timeout(Duration::from_secs(30))
+            .args(["ps", "-a", "--filter"])
+            .arg(format!("label=com.docker.compose.project={project}"))
+            .args(["--format", PS_FORMAT]),
+    )?;
+    Ok(parse_ps(&out.stdout).remove(project).unwrap_or_default())
+}
+
+/// How many log lines of a failing container an error carries.
+const FAILURE_LOG_LINES: usize = 20;
+
+/// Waits, looking once a second, until every container of `project` is
+/// running (healthy where it has a healthcheck). Unhealthy, restarting,
+/// exited or `timeout` is an error naming the container, its state and its
+/// last log lines.
+pub fn wait_healthy(
+    host: &dyn Host,
+    config: &Config,
+    project: &str,
+    timeout: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut told = false;
+    loop {
+        let containers = self::project(host, config, project)?;
+        let waiting_on = match judge(&containers) {
+            Health::Ready => return Ok(()),
+            Health::Failed(c) => {
+                let why = match c.exit_code {
+                    Some(code) => format!("{} ({code})", c.state.as_str()),
+                    None => c.state.as_str().to_string(),
+                };
+                return Err(failure(host, config, &c.name, &why));
+            }
+            Health::Waiting => containers
+                .iter()
+                .find(|c| c.state == RunState::Starting)
+                .map(|c| c.name.clone())
+                .unwrap_or_else(|| project.to_string()),
+        };
+        if std::time::Instant::now() >= deadline {
+            let why = format!("not healthy within {} s", timeout.as_secs());
+            return Err(failure(host, config, &waiting_on, &why));
+        }
+        if !told {
+            progress(&format!("waiting for {waiting_on} to be healthy"));
+            told = true;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The health-wait error: the container, why, and its last log lines.
+fn failure(host: &dyn Host, config: &Config, container: &str, why: &str) -> crate::error::Error {
+    let logs = host
+        .run(
+            &Cmd::new(&config.docker)
+                .timeout(Duration::from_secs(10))
+                .args(["logs", "--tail"])
+                .arg(FAILURE_LOG_LINES.to_string())
+                .arg(container)
+                .allow_failure(),
+        )
+        .map(|o| format!("{}{}", o.stdout, o.stderr))
+        .unwrap_or_default();
+    let logs = logs.trim();
+    let reason = if logs.is_empty() {
+        format!("{container} is {why}")
+    } else {
+        format!("{container} is {why}; its last log lines:\n{logs}")
+    };
+    crate::error::Error::failed("health check", reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(project: &str, service: &str, name: &str, state: &str, status: &str) -> String {
+        format!("{project}\t{service}\t{name}\t{state}\t{status}\n")
+    }
+
+    #[test]
+    fn states_are_read_from_state_and_status() {
+        let cases = [
+            ("running", "Up 3 minutes", RunState::Running, None),
+            ("running", "Up 3 minutes (healthy)", RunState::Healthy, None),
+            (
+                "running",
+                "Up 1 second (health: starting)",
+                RunState::Starting,
+                None,
+            ),
+            (
+                "running",
+                "Up 9 minutes (unhealthy)",
+                RunState::Unhealthy,
+                None,
+            ),
+            (
+                "exited",
+                "Exited (137) 5 seconds ago",
+                RunState::Exited,
+                Some(137),
+            ),
+            (
+                "exited",
+                "Exited (0) 2 hours ago",
+                RunState::Exited,
+                Some(0),
+            ),
+            (
+                "restarting",
+                "Restarting (1) 2 seconds ago",
+                RunState::Restarting,
+                Some(1),
+            ),
+            ("created", "Created", RunState::Exited, None),
+            ("removing", "Removal In Progress", RunState::Missing, None),
+        ];
+        for (state, status, want, code) in cases {
+            assert_eq!(
+                container_state(state, status),
+                (want, code),
+                "{state} / {status}"
+            );
+        }
+    }
+
+    #[test]
+    fn containers_are_grouped_by_project_and_sorted_by_service() {
+        let text = line(
+            "pic-web",
+            "web",
+            "cell-web",
+            "running",
+            "Up 1 minute (healthy)",
+        ) + &line("pic-web", "db", "cell-web-db", "running", "Up 1 minute")
+            + &line("other", "x", "x-1", "exited", "Exited (0) 1 day ago")
+            + "not a ps line\n"
+            + &line("", "x", "loose", "running", "Up");
+        let map = parse_ps(&text);
+        assert_eq!(map.len(), 2);
+        let web = &map["pic-web"];
+        assert_eq!(web[0].service, "db");
+        assert_eq!(web[1].name, "cell-web");
+        assert_eq!(web[1].state, RunState::Healthy);
+    }
+
+    #[test]
+    fn a_project_is_the_worst_of_its_containers() {
+        let c = |state, exit_code| ContainerRuntime {
+            name: "n".into(),
+            service: "s".into(),
+            state,
+            exit_code,
+        };
+        let r = Runtime::of(
+            vec![c(RunState::Healthy, None), c(RunState::Running, None)],
+            false,
+        );
+        assert_eq!(r.state, RunState::Running);
+        let r = Runtime::of(
+            vec![c(RunState::Healthy, None), c(RunState::Exited, Some(3))],
+            false,
+        );
+        assert_eq!((r.state, r.exit_code), (RunState::Exited, Some(3)));
+        let r = Runtime::of(
+            vec![
+                c(RunState::Unhealthy, None),
+                c(RunState::Restarting, Some(1)),
+            ],
+            false,
+        );
+        assert_eq!(r.state, RunState::Restarting);
+        assert_eq!(Runtime::of(vec![], false).state, RunState::Missing);
+        let stopped = Runtime::of(vec![c(RunState::Exited, Some(0))], true);
+        assert_eq!(
+            (stopped.state, stopped.exit_code),
+            (RunState::Stopped, None)
+        );
+    }
+
+    #[test]
+    fn json_form_is_the_specs() {
+        let r = Runtime::of(
+            vec![ContainerRuntime {
+                name: "cell-web".into(),
+                service: "web".into(),
+                state: RunState::Exited,
+                exit_code: Some(2),
+            }],
+            false,
+        );
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            serde_json::json!({"state": "exited", "exit_code": 2, "containers": [
+                {"name": "cell-web", "service": "web", "state": "exited", "exit_code": 2}]})
+        );
+    }
+
+    #[test]
+    fn health_is_judged_on_every_container() {
+        let c = |name: &str, state| ContainerRuntime {
+            name: name.into(),
+            service: name.into(),
+            state,
+            exit_code: None,
+        };
+        assert_eq!(
+            judge(&[c("a", RunState::Running), c("b", RunState::Healthy)]),
+            Health::Ready
+        );
+        assert_eq!(
+            judge(&[c("a", RunState::Running), c("b", RunState::Starting)]),
+            Health::Waiting
+        );
+        assert_eq!(judge(&[]), Health::Waiting);
+        for bad in [RunState::Unhealthy, RunState::Exited, RunState::Restarting] {
+            match judge(&[c("a", RunState::Starting), c("b", bad)]) {
+                Health::Failed(f) => assert_eq!(f.name, "b"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+}
