@@ -71,6 +71,8 @@ pub struct Config {
     pub ip: Program,
     pub cosign: Program,
     pub log_level: log::LevelFilter,
+    /// How many compose projects `reapply` brings up at once (1–16).
+    pub parallel: usize,
 }
 
 /// The subnet of the cell network; the pool must lie inside it.
@@ -139,6 +141,7 @@ impl Config {
                     "expected one of error, warn, info, debug, trace, off",
                 )
             })?;
+        let parallel = parse_parallel(&var("PIC_PARALLEL", "4"))?;
 
         Ok(Config {
             index_url,
@@ -161,6 +164,7 @@ impl Config {
             ip,
             cosign,
             log_level,
+            parallel,
         })
     }
 
@@ -195,6 +199,7 @@ impl Config {
             ("PIC_IP", prog(&self.ip)),
             ("PIC_COSIGN", prog(&self.cosign)),
             ("PIC_LOG", self.log_level.to_string().to_lowercase()),
+            ("PIC_PARALLEL", self.parallel.to_string()),
         ]
     }
 
@@ -222,6 +227,16 @@ fn config_err(var: &'static str, reason: impl Into<String>) -> Error {
     Error::Config {
         var,
         reason: reason.into(),
+    }
+}
+
+fn parse_parallel(v: &str) -> Result<usize> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=16).contains(&n) => Ok(n),
+        _ => Err(config_err(
+            "PIC_PARALLEL",
+            format!("{v:?} is not a whole number from 1 to 16"),
+        )),
     }
 }
 
@@ -463,6 +478,7 @@ mod tests {
         assert_eq!(c.caddy_reload.len(), 7);
         assert_eq!(c.cosign_key, None);
         assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert_eq!(c.parallel, 4);
     }
 
     #[test]
@@ -487,6 +503,10 @@ mod tests {
             ("PIC_DOCKER", "bin/docker"),
             ("PIC_DOCKER", "docker ps"),
             ("PIC_LOG", "loud"),
+            ("PIC_PARALLEL", "0"),
+            ("PIC_PARALLEL", "17"),
+            ("PIC_PARALLEL", "four"),
+            ("PIC_PARALLEL", ""),
         ] {
             assert_eq!(err_var(cfg(&[(var, value)])), var, "{var}={value}");
         }

@@ -39,6 +39,7 @@ const VARIABLES: &[&str] = &[
     "PIC_IP",
     "PIC_COSIGN",
     "PIC_LOG",
+    "PIC_PARALLEL",
 ];
 
 /// Variables the image sets (uncommented in `/etc/default/pic-store`): none,

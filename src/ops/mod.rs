@@ -6,6 +6,7 @@
 //! that died (see [`settle`]).
 
 mod connection;
+mod parallel;
 mod reapply;
 mod service;
 mod settle;

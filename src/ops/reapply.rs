@@ -5,6 +5,7 @@
 //! present, so boot works offline), and rebuilds chains, policy routing and
 //! the Caddy file. It carries on past a failing item.
 
+use super::parallel;
 use super::service::project_file;
 use super::{Ctx, Session};
 use crate::compose::Project;
@@ -79,32 +80,10 @@ pub fn reapply(ctx: &mut Ctx, wait: Duration) -> Result<ReapplyReport> {
     record(ctx, format!("network {}", ctx.config.network), net);
 
     let inventory = Inventory::read(ctx);
-    for id in start_order(&state) {
-        let svc = &state.services[&id];
-        if svc.manifest.instanceable {
-            continue;
+    for (what, level) in up_levels(&state) {
+        for (up, r) in level.iter().zip(up_level(ctx, &inventory, &level)) {
+            record(ctx, format!("{what} {}", up.id), r);
         }
-        let name = crate::compose::project_name(&id, None);
-        let project = Project {
-            file: project_file(ctx.config, &name),
-            name,
-        };
-        let r = up_offline(ctx, &inventory, &project, &svc.manifest.image);
-        record(ctx, format!("service {id}"), r);
-    }
-    for (cid, conn) in &state.connections {
-        let name = crate::compose::project_name(&conn.service, Some(cid));
-        let project = Project {
-            file: project_file(ctx.config, &name),
-            name,
-        };
-        let image = state
-            .services
-            .get(&conn.service)
-            .map(|s| s.manifest.image.clone())
-            .unwrap_or_default();
-        let r = up_offline(ctx, &inventory, &project, &image);
-        record(ctx, format!("connection {cid}"), r);
     }
     match crate::net::apply_all(ctx.host, ctx.config, &state) {
         Ok(report) => {
@@ -129,6 +108,86 @@ pub fn reapply(ctx: &mut Ctx, wait: Duration) -> Result<ReapplyReport> {
         failed,
         items,
     })
+}
+
+/// One project to bring up: the id it is reported under, the compose
+/// project's name and its image.
+struct Up {
+    id: String,
+    project: String,
+    image: String,
+}
+
+/// What `reapply` brings up, in the order it reports them: the services
+/// level by level of their `requires` (each level's projects may come up
+/// together), then the connection instances as one last level.
+fn up_levels(state: &State) -> Vec<(&'static str, Vec<Up>)> {
+    let ids: Vec<&str> = state
+        .services
+        .iter()
+        .filter(|(_, svc)| !svc.manifest.instanceable)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let requires = |id: &str| -> Vec<String> {
+        state.services[id]
+            .manifest
+            .requires
+            .iter()
+            .map(|r| r.to_string())
+            .collect()
+    };
+    let mut out = Vec::new();
+    for level in parallel::levels(&ids, requires) {
+        let ups = level
+            .into_iter()
+            .map(|id| Up {
+                id: id.to_string(),
+                project: crate::compose::project_name(id, None),
+                image: state.services[id].manifest.image.clone(),
+            })
+            .collect();
+        out.push(("service", ups));
+    }
+    let conns: Vec<Up> = state
+        .connections
+        .iter()
+        .map(|(cid, conn)| Up {
+            id: cid.to_string(),
+            project: crate::compose::project_name(&conn.service, Some(cid)),
+            image: state
+                .services
+                .get(&conn.service)
+                .map(|s| s.manifest.image.clone())
+                .unwrap_or_default(),
+        })
+        .collect();
+    if !conns.is_empty() {
+        out.push(("connection", conns));
+    }
+    out
+}
+
+/// Brings up the projects of one level, `PIC_PARALLEL` at a time; the
+/// results are in the level's order. A project that fails (or whose worker
+/// panics) fails alone.
+fn up_level(ctx: &mut Ctx, inv: &Inventory, level: &[Up]) -> Vec<Result<String>> {
+    let (config, host, store) = (ctx.config, ctx.host, ctx.store);
+    parallel::run_all(level, config.parallel, &mut *ctx.progress, |up, say| {
+        let project = Project {
+            file: project_file(config, &up.project),
+            name: up.project.clone(),
+        };
+        let mut worker = Ctx {
+            config,
+            host,
+            store,
+            progress: say,
+        };
+        up_offline(&mut worker, inv, &project, &up.image)
+    })
+    .into_iter()
+    .map(|r| r.unwrap_or_else(|panic| Err(crate::error::Error::failed("start", panic))))
+    .collect()
 }
 
 /// What docker holds, read once per reapply: containers by project and
