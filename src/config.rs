@@ -140,6 +140,8 @@ pub struct Config {
     /// Subnets routed peers and services with egress reach directly,
     /// never through an instance (spec §9 "The cell stays reachable").
     pub direct_subnets: Vec<Ipv4Subnet>,
+    /// How many compose projects `reapply` brings up at once (1–16).
+    pub parallel: usize,
 }
 
 /// The subnet of the cell network; the pool must lie inside it.
@@ -212,6 +214,7 @@ impl Config {
             parse_mount_roots(&var("PIC_HOST_MOUNT_ROOTS", DEFAULT_HOST_MOUNT_ROOTS))?;
 
         let direct_subnets = parse_subnets("PIC_DIRECT_SUBNETS", &var("PIC_DIRECT_SUBNETS", ""))?;
+        let parallel = parse_parallel(&var("PIC_PARALLEL", "4"))?;
 
         Ok(Config {
             index_url,
@@ -236,6 +239,7 @@ impl Config {
             log_level,
             host_mount_roots,
             direct_subnets,
+            parallel,
         })
     }
 
@@ -279,6 +283,7 @@ impl Config {
                     .collect::<Vec<_>>()
                     .join(","),
             ),
+            ("PIC_PARALLEL", self.parallel.to_string()),
         ]
     }
 
@@ -310,6 +315,16 @@ fn config_err(var: &'static str, reason: impl Into<String>) -> Error {
     Error::Config {
         var,
         reason: reason.into(),
+    }
+}
+
+fn parse_parallel(v: &str) -> Result<usize> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=16).contains(&n) => Ok(n),
+        _ => Err(config_err(
+            "PIC_PARALLEL",
+            format!("{v:?} is not a whole number from 1 to 16"),
+        )),
     }
 }
 
@@ -601,6 +616,7 @@ mod tests {
         assert_eq!(c.cosign_key, None);
         assert_eq!(c.log_level, log::LevelFilter::Info);
         assert_eq!(c.host_mount_roots_text(), "/srv:/mnt:/media");
+        assert_eq!(c.parallel, 4);
     }
 
     #[test]
@@ -653,6 +669,10 @@ mod tests {
             ("PIC_DIRECT_SUBNETS", "10.8.0.0/33"),
             ("PIC_DIRECT_SUBNETS", "10.8.0.0/24 -j ACCEPT"),
             ("PIC_DIRECT_SUBNETS", "fd00::/64"),
+            ("PIC_PARALLEL", "0"),
+            ("PIC_PARALLEL", "17"),
+            ("PIC_PARALLEL", "four"),
+            ("PIC_PARALLEL", ""),
         ] {
             assert_eq!(err_var(cfg(&[(var, value)])), var, "{var}={value}");
         }

@@ -537,11 +537,27 @@ fn http_get(url: &str, if_none_match: Option<&str>) -> Result<Fetched> {
     ))
 }
 
+/// Makes ring rustls' crypto provider for the process, once, before minreq
+/// builds its TLS configuration. minreq turns on rustls' default provider,
+/// aws-lc-rs, too; with both compiled in, rustls takes none by itself, and
+/// as nothing refers to aws-lc-rs then, the linker leaves it out (about
+/// 1 MB of the static binary).
+fn use_ring_for_tls() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means a provider is already installed: it stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Sends one request and reads its head. The body is left unread.
 fn send(url: &str, if_none_match: Option<&str>, deadline: Instant) -> Result<minreq::ResponseLazy> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Err(store_error(url, timed_out()));
+    }
+    if url.starts_with("https://") {
+        use_ring_for_tls();
     }
     // minreq counts whole seconds; rounding up keeps the last hop a chance.
     let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);

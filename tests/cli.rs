@@ -12,27 +12,6 @@ use std::path::Path;
 
 const IMAGE: &str = "127.0.0.1:5000/roof/web:1@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
-/// The manifest a corpus template is checked with (see its first line).
-fn corpus_manifest(id: &str, template: &str) -> Value {
-    let first = template.lines().next().unwrap_or("").trim();
-    let mut m = json!({
-        "id": id, "name": "Web", "version": "1", "author": "roof", "image": IMAGE,
-        "container_name": format!("cell-{id}"),
-        "volumes": [{"mount": "/srv/media", "target": "/media"}],
-        "env": [{"name": "TZ", "value": "UTC"}, {"name": "UPSTREAM", "value": "socks5://10.0.0.1:1080"}],
-        "cap_add": ["CHOWN", "NET_BIND_SERVICE"]
-    });
-    if first == "# context: connectivity" || first == "# context: instance" {
-        m["kind"] = json!("connectivity");
-        m["cap_add"] = json!(["CHOWN", "NET_BIND_SERVICE", "NET_ADMIN", "NET_RAW"]);
-    }
-    if first == "# context: instance" {
-        m["instanceable"] = json!(true);
-        m["connectivity"] = json!({"mode": "redirect"});
-    }
-    m
-}
-
 /// Every corpus template becomes a service folder of one store; one run of
 /// `pic-store validate STORE` must refuse exactly the `bad-*` ones.
 #[test]

@@ -41,6 +41,7 @@ const VARIABLES: &[&str] = &[
     "PIC_COSIGN",
     "PIC_LOG",
     "PIC_DIRECT_SUBNETS",
+    "PIC_PARALLEL",
 ];
 
 /// Variables the image sets (uncommented in `/etc/default/pic-store`): none,

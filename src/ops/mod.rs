@@ -10,6 +10,7 @@
 mod alloc;
 mod command;
 mod connection;
+mod parallel;
 mod project;
 mod reapply;
 mod service;

@@ -5,9 +5,11 @@
 //! present, so boot works offline), and rebuilds chains, policy routing and
 //! the Caddy file. It carries on past a failing item.
 
+use super::parallel;
 use super::project;
 use super::{Ctx, Session};
 use crate::compose::Project;
+use crate::config::Config;
 use crate::docker;
 use crate::error::Result;
 use crate::state::{State, StateStore};
@@ -33,23 +35,6 @@ impl ReapplyReport {
     pub fn summary(&self) -> String {
         format!("reapply: {} applied, {} failed", self.applied, self.failed)
     }
-}
-
-/// The order to start services in: every service after the ones it
-/// requires (ids in order otherwise; a cycle is broken by id order).
-pub fn start_order(state: &State) -> Vec<String> {
-    let mut done: Vec<String> = Vec::new();
-    let mut left: Vec<&String> = state.services.keys().collect();
-    while !left.is_empty() {
-        let ready = left.iter().position(|id| {
-            state.services[*id].manifest.requires.iter().all(|r| {
-                done.iter().any(|d| d == r.as_str()) || !state.services.contains_key(r.as_str())
-            })
-        });
-        let next = left.remove(ready.unwrap_or(0));
-        done.push(next.clone());
-    }
-    done
 }
 
 pub fn reapply(ctx: &mut Ctx, wait: Duration) -> Result<ReapplyReport> {
@@ -78,24 +63,10 @@ pub fn reapply(ctx: &mut Ctx, wait: Duration) -> Result<ReapplyReport> {
     record(ctx, format!("network {}", ctx.config.network), net);
 
     let inventory = Inventory::read(ctx);
-    for id in start_order(&state) {
-        let svc = &state.services[&id];
-        if svc.manifest.instanceable {
-            continue;
+    for (what, level) in up_levels(ctx.config, &state) {
+        for (up, r) in level.iter().zip(up_level(ctx, &inventory, &level)) {
+            record(ctx, format!("{what} {}", up.id), r);
         }
-        let project = project::service(ctx.config, &id);
-        let r = up_offline(ctx, &inventory, &project, &svc.manifest.image);
-        record(ctx, format!("service {id}"), r);
-    }
-    for (cid, conn) in &state.connections {
-        let project = project::instance(ctx.config, &conn.service, cid);
-        let image = state
-            .services
-            .get(&conn.service)
-            .map(|s| s.manifest.image.clone())
-            .unwrap_or_default();
-        let r = up_offline(ctx, &inventory, &project, &image);
-        record(ctx, format!("connection {cid}"), r);
     }
     match crate::net::apply_all(ctx.host, ctx.config, &state) {
         Ok(report) => {
@@ -120,6 +91,82 @@ pub fn reapply(ctx: &mut Ctx, wait: Duration) -> Result<ReapplyReport> {
         failed,
         items,
     })
+}
+
+/// One project to bring up: the id it is reported under, the compose
+/// project's name and its image.
+struct Up {
+    id: String,
+    project: Project,
+    image: String,
+}
+
+/// What `reapply` brings up, in the order it reports them: the services
+/// level by level of their `requires` (each level's projects may come up
+/// together), then the connection instances as one last level.
+fn up_levels(config: &Config, state: &State) -> Vec<(&'static str, Vec<Up>)> {
+    let ids: Vec<&str> = state
+        .services
+        .iter()
+        .filter(|(_, svc)| !svc.manifest.instanceable)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let requires = |id: &str| -> Vec<String> {
+        state.services[id]
+            .manifest
+            .requires
+            .iter()
+            .map(|r| r.to_string())
+            .collect()
+    };
+    let mut out = Vec::new();
+    for level in parallel::levels(&ids, requires) {
+        let ups = level
+            .into_iter()
+            .map(|id| Up {
+                id: id.to_string(),
+                project: project::service(config, id),
+                image: state.services[id].manifest.image.clone(),
+            })
+            .collect();
+        out.push(("service", ups));
+    }
+    let conns: Vec<Up> = state
+        .connections
+        .iter()
+        .map(|(cid, conn)| Up {
+            id: cid.to_string(),
+            project: project::instance(config, &conn.service, cid),
+            image: state
+                .services
+                .get(&conn.service)
+                .map(|s| s.manifest.image.clone())
+                .unwrap_or_default(),
+        })
+        .collect();
+    if !conns.is_empty() {
+        out.push(("connection", conns));
+    }
+    out
+}
+
+/// Brings up the projects of one level, `PIC_PARALLEL` at a time; the
+/// results are in the level's order. A project that fails (or whose worker
+/// panics) fails alone.
+fn up_level(ctx: &mut Ctx, inv: &Inventory, level: &[Up]) -> Vec<Result<String>> {
+    let (config, host, store) = (ctx.config, ctx.host, ctx.store);
+    parallel::run_all(level, config.parallel, &mut *ctx.progress, |up, say| {
+        let mut worker = Ctx {
+            config,
+            host,
+            store,
+            progress: say,
+        };
+        up_offline(&mut worker, inv, &up.project, &up.image)
+    })
+    .into_iter()
+    .map(|r| r.unwrap_or_else(|panic| Err(crate::error::Error::failed("start", panic))))
+    .collect()
 }
 
 /// What docker holds, read once per reapply: containers by project and
