@@ -519,7 +519,7 @@ pub fn convert(
             "--no-path-resolution",
         ])
         .timeout(CONVERT_TIMEOUT);
-    let result = host.run(&cmd);
+    let result = host.run(&cmd).map_err(missing_tool);
     let removed = files::remove_file_if_exists(&file);
     let out = match result {
         Ok(out) => out,
@@ -538,6 +538,35 @@ pub fn convert(
             vec![format!("printed something that is not JSON ({e})")],
         )
     })
+}
+
+/// A compose run that failed because docker or its Compose plugin is not
+/// there becomes [`Error::ToolMissing`] (spec §13), so the template is not
+/// blamed for it; any other error is returned as it is.
+pub fn missing_tool(e: Error) -> Error {
+    match &e {
+        Error::Command {
+            program,
+            reason,
+            stderr,
+            ..
+        } => {
+            if reason == "program not found" {
+                return Error::ToolMissing(format!("docker not found: {program}"));
+            }
+            let plugin_missing = stderr.contains("is not a docker command")
+                || stderr.contains("unknown command: docker compose")
+                || stderr.contains("unknown shorthand flag: 'p' in -p");
+            if reason.starts_with("exit status") && plugin_missing {
+                return Error::ToolMissing(format!(
+                    "docker compose plugin not found ({program} compose: {})",
+                    stderr_tail(stderr)
+                ));
+            }
+            e
+        }
+        _ => e,
+    }
 }
 
 fn is_project_name(s: &str) -> bool {

@@ -273,6 +273,83 @@ fn failure(host: &dyn Host, config: &Config, container: &str, why: &str) -> crat
     crate::error::Error::failed("health check", reason)
 }
 
+/// Every compose project's containers, by project name.
+pub type Inventory = BTreeMap<String, Vec<ContainerRuntime>>;
+
+/// How long one `docker ps -a` answers for every reader (spec §13
+/// performance: at most one per 2 s however many requests arrive).
+pub const INVENTORY_TTL: Duration = Duration::from_secs(2);
+
+/// The last inventory and when it was taken; a failed `docker ps` is
+/// cached for as long, so a missing docker is not asked per request.
+type CachedInventory = (
+    std::time::Instant,
+    u64,
+    std::sync::Arc<std::result::Result<Inventory, String>>,
+);
+
+static INVENTORY: std::sync::Mutex<Option<CachedInventory>> = std::sync::Mutex::new(None);
+
+/// The inventory of at most [`INVENTORY_TTL`] ago, and its generation (a
+/// number that changes whenever a new one is taken, for callers that cache
+/// answers built from it). Concurrent callers wait for the one `docker ps`.
+pub fn cached_inventory(
+    host: &dyn Host,
+    config: &Config,
+) -> (u64, std::sync::Arc<std::result::Result<Inventory, String>>) {
+    let mut cache = INVENTORY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((at, gen, inv)) = cache.as_ref() {
+        if at.elapsed() < INVENTORY_TTL {
+            return (*gen, inv.clone());
+        }
+    }
+    let gen = cache.as_ref().map_or(1, |(_, g, _)| g + 1);
+    let inv = std::sync::Arc::new(inventory(host, config).map_err(|e| e.to_string()));
+    *cache = Some((std::time::Instant::now(), gen, inv.clone()));
+    (gen, inv)
+}
+
+/// Whether the owner stopped this service (spec §13 "stop"). The one place
+/// the service record's flag is read.
+pub fn owner_stopped(_service: &crate::state::InstalledService) -> bool {
+    false
+}
+
+/// The runtime of every installed service and connection instance, by id.
+#[derive(Debug, Default)]
+pub struct Runtimes {
+    pub services: BTreeMap<String, Runtime>,
+    pub connections: BTreeMap<String, Runtime>,
+}
+
+impl Runtimes {
+    /// Each project of `state` looked up in `inventory`: service `pic-<id>`,
+    /// instance `pic-<service>-<instance>`. An instanceable service has no
+    /// project of its own, so no runtime.
+    pub fn of(state: &crate::state::State, inventory: &Inventory) -> Runtimes {
+        let containers = |name: &str| inventory.get(name).cloned().unwrap_or_default();
+        let mut r = Runtimes::default();
+        for (id, s) in &state.services {
+            if s.manifest.instanceable {
+                continue;
+            }
+            let project = crate::compose::project_name(id, None);
+            r.services.insert(
+                id.clone(),
+                Runtime::of(containers(&project), owner_stopped(s)),
+            );
+        }
+        for (id, c) in &state.connections {
+            let project = crate::compose::project_name(&c.service, Some(id));
+            r.connections
+                .insert(id.clone(), Runtime::of(containers(&project), false));
+        }
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
