@@ -5,7 +5,7 @@
 //! result with the job's id.
 
 use super::jobs::Outcome;
-use super::msg::Resp;
+use super::msg::{Req, Resp};
 use super::App;
 use crate::error::{Error, Result};
 use crate::host::RealHost;
@@ -209,4 +209,38 @@ pub fn read_state(app: &App) -> Result<State> {
 
 fn not_installed(id: &ServiceId) -> Error {
     Error::NotFound(format!("{id} is not installed"))
+}
+
+// --- logs (spec §13) ---------------------------------------------------------
+
+/// `GET /api/services/<id>/logs?tail=N&service=NAME`, as `text/plain`.
+pub fn service_logs(app: &App, req: &Req, args: &[&str]) -> Result<Resp> {
+    logs_answer(app, req, args, crate::ops::LogsOf::Service)
+}
+
+/// `GET /api/connections/<id>/logs?tail=N`, as `text/plain`.
+pub fn connection_logs(app: &App, req: &Req, args: &[&str]) -> Result<Resp> {
+    logs_answer(app, req, args, crate::ops::LogsOf::Connection)
+}
+
+fn logs_answer(app: &App, req: &Req, args: &[&str], of: crate::ops::LogsOf) -> Result<Resp> {
+    let text = logs_text(app, req, args, of)?;
+    Ok(Resp::new(200, "text/plain; charset=utf-8", text))
+}
+
+/// The logs a request asks for (the page's logs view too).
+pub fn logs_text(app: &App, req: &Req, args: &[&str], of: crate::ops::LogsOf) -> Result<String> {
+    let id = ServiceId::parse(args.first().copied().unwrap_or(""))?;
+    let tail = crate::ops::parse_tail(req.query_param("tail").as_deref())?;
+    let service = req.query_param("service").filter(|s| !s.is_empty());
+    let state = read_state(app)?;
+    crate::ops::logs(
+        &RealHost,
+        &app.config,
+        &state,
+        &id,
+        of,
+        tail,
+        service.as_deref(),
+    )
 }
