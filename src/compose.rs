@@ -2962,4 +2962,33 @@ mod tests {
         assert!(write_checked(&c, "../evil", &json!({})).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_missing_docker_or_plugin_is_named_and_other_failures_kept() {
+        let failed = |reason: &str, stderr: &str| Error::Command {
+            program: "/usr/bin/docker".into(),
+            args: vec!["compose".into()],
+            reason: reason.into(),
+            stderr: stderr.into(),
+        };
+        for stderr in [
+            "docker: 'compose' is not a docker command.\nSee 'docker --help'",
+            "docker: unknown command: docker compose\n\nRun 'docker --help' for more information",
+        ] {
+            let e = missing_tool(failed("exit status 1", stderr));
+            assert!(matches!(e, Error::ToolMissing(_)), "{e:?}");
+            assert!(e.to_string().starts_with("docker compose plugin not found"));
+            assert_eq!((e.exit_code(), e.http_status()), (2, 503));
+        }
+        let e = missing_tool(failed("program not found", ""));
+        assert_eq!(e.to_string(), "docker not found: /usr/bin/docker");
+        // A template compose refuses stays the template's fault.
+        let e = missing_tool(failed(
+            "exit status 15",
+            "services.web Additional property foo",
+        ));
+        assert!(matches!(e, Error::Command { .. }), "{e:?}");
+        let e = missing_tool(failed("timed out after 60 s and was killed", ""));
+        assert!(matches!(e, Error::Command { .. }), "{e:?}");
+    }
 }

@@ -311,6 +311,14 @@ pub fn cached_inventory(
     (gen, inv)
 }
 
+/// Forgets the cached inventory (unit tests).
+#[cfg(test)]
+pub fn forget_inventory() {
+    *INVENTORY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+}
+
 /// Whether the owner stopped this service (spec §13 "stop"). The one place
 /// the service record's flag is read.
 pub fn owner_stopped(_service: &crate::state::InstalledService) -> bool {
@@ -500,5 +508,41 @@ mod tests {
                 other => panic!("{bad:?}: {other:?}"),
             }
         }
+    }
+
+    /// Also the test of `report::status_json`: both share the cache.
+    #[test]
+    fn one_docker_ps_answers_every_reader_for_two_seconds_and_status_runs_two_programs() {
+        let config = Config::from_lookup(|k| match k {
+            "PIC_STATE_DIR" => Some("/nonexistent/pic-runtime-test".into()),
+            _ => None,
+        })
+        .unwrap();
+        forget_inventory();
+        let ps = line("pic-a", "web", "pt-a", "running", "Up 1 second");
+        let host = crate::host::FakeHost::new().answer("", 0, &ps);
+        let (gen, first) = cached_inventory(&host, &config);
+        for _ in 0..50 {
+            let (g, again) = cached_inventory(&host, &config);
+            assert_eq!(g, gen);
+            assert_eq!(again, first);
+        }
+        assert_eq!(host.calls().len(), 1);
+        assert_eq!(
+            first.as_ref().as_ref().unwrap()["pic-a"][0].state,
+            RunState::Running
+        );
+
+        // `status`: the Compose plugin check and one `docker ps`, no more
+        // (the fake refuses a third call).
+        forget_inventory();
+        let host = crate::host::FakeHost::new()
+            .answer("", 0, "2.40.3\n")
+            .answer("", 0, &ps);
+        let store = crate::store::StoreClient::from_config(&config);
+        let v = crate::report::status_json(&config, &host, &crate::state::State::default(), &store);
+        assert_eq!(host.calls().len(), 2, "{:?}", host.calls());
+        assert!(v["runtime"]["services"].is_object(), "{v}");
+        forget_inventory();
     }
 }
