@@ -20,13 +20,13 @@ use std::time::Duration;
 pub fn services_value(
     state: &State,
     index: std::result::Result<&Index, &Error>,
-    runtimes: std::result::Result<&Runtimes, &str>,
+    runtimes: &std::result::Result<Runtimes, String>,
 ) -> Value {
     let mut installed = Map::new();
     for (id, s) in &state.services {
         let mut v = json!(s);
         if let Value::Object(fields) = &mut v {
-            let rt = runtimes.ok().and_then(|r| r.services.get(id));
+            let rt = runtimes.as_ref().ok().and_then(|r| r.services.get(id));
             fields.insert("runtime".into(), json!(rt));
             let update = index.ok().is_some_and(|i| update_available(s, i));
             fields.insert("update_available".into(), json!(update));
@@ -35,7 +35,7 @@ pub fn services_value(
     }
     let mut connections = Map::new();
     for (id, c) in &state.connections {
-        let rt = runtimes.ok().and_then(|r| r.connections.get(id));
+        let rt = runtimes.as_ref().ok().and_then(|r| r.connections.get(id));
         connections.insert(id.clone(), json!({"service": c.service, "runtime": rt}));
     }
     let mut v = match index {
@@ -110,14 +110,7 @@ pub fn list(config: &Config, as_json: bool) -> Result<i32> {
     let index = store.index();
     let runtimes = runtimes(&RealHost, config, &state);
     if as_json {
-        println!(
-            "{}",
-            services_value(
-                &state,
-                index.as_ref(),
-                runtimes.as_ref().map_err(String::as_str)
-            )
-        );
+        println!("{}", services_value(&state, index.as_ref(), &runtimes));
         return Ok(0);
     }
     match &index {

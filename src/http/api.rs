@@ -190,13 +190,11 @@ pub fn services(app: &App, _: &[&str]) -> Result<Resp> {
         }
     }
     let state = read_state(app)?;
-    let runtimes = inv
-        .as_ref()
-        .as_ref()
-        .map(|inv| crate::runtime::Runtimes::of(&state, inv))
-        .map_err(String::as_str);
-    let v =
-        crate::report::services_value(&state, index.as_ref(), runtimes.as_ref().map_err(|e| *e));
+    let runtimes = match inv.as_ref() {
+        Ok(inv) => Ok(crate::runtime::Runtimes::of(&state, inv)),
+        Err(e) => Err(e.clone()),
+    };
+    let v = crate::report::services_value(&state, index.as_ref(), &runtimes);
     let mut body = serde_json::to_vec(&v).unwrap_or_else(|_| b"{}".to_vec());
     body.push(b'\n');
     *cache = Some((key, std::sync::Arc::new(body.clone())));
