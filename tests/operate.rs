@@ -376,6 +376,12 @@ fn runtime_and_updates_are_shown_in_status_list_api_and_page() {
         !page.contains("Update available"),
         "an update badge without an update"
     );
+    let st = s.api("GET", "/api/status").json();
+    assert_eq!(
+        st["runtime"]["services"][id]["state"],
+        json!("running"),
+        "{st}"
+    );
     let status_text = text(&cell.run(&["status"]));
     assert!(
         status_text.contains(&format!("service {id}: running")),
@@ -531,6 +537,20 @@ fn logs_of_a_service_its_helper_and_a_connection() {
     );
     assert!(capped.contains("| n6000"));
     assert!(!capped.contains("| n1000\n"));
+    // The connection instance's runtime, next to the services'.
+    let st = cell.json(&["status", "--json"]);
+    assert_eq!(
+        st["runtime"]["connections"][conn]["state"],
+        json!("running"),
+        "{st}"
+    );
+    let li = cell.json(&["list", "--json"]);
+    assert_eq!(
+        li["connections"][conn]["runtime"]["state"],
+        json!("running"),
+        "{li}"
+    );
+    assert_eq!(li["installed"][proxy]["runtime"], json!(null), "{li}");
     // A connection instance by its name.
     let c = ok(&cell.run(&["logs", conn]));
     assert!(c.contains("proxy-said-hello"), "{c}");
@@ -569,6 +589,12 @@ fn logs_of_a_service_its_helper_and_a_connection() {
     assert_eq!(
         s.api("HEAD", &format!("/api/services/{id}/logs")).status,
         200
+    );
+    let v = s.api("GET", "/api/services").json();
+    assert_eq!(
+        v["connections"][conn]["runtime"]["state"],
+        json!("running"),
+        "{v}"
     );
     let a = s.api("GET", &format!("/api/connections/{conn}/logs?tail=50"));
     assert_eq!(a.status, 200, "{a:?}");
