@@ -84,14 +84,16 @@ impl Runtime {
 const PS_FORMAT: &str = "{{.Label \"com.docker.compose.project\"}}\t\
 {{.Label \"com.docker.compose.service\"}}\t{{.Names}}\t{{.State}}\t{{.Status}}";
 
-/// Every compose project's containers, by project name, in one call.
+/// Every compose project's containers, by project name, in one call. The
+/// page and the API wait for it (behind [`cached_inventory`]), so a hung
+/// docker costs them at most 10 s, then an unknown runtime.
 pub fn inventory(
     host: &dyn Host,
     config: &Config,
 ) -> Result<BTreeMap<String, Vec<ContainerRuntime>>> {
     let out = host.run(
         &Cmd::new(&config.docker)
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(10))
             .args([
                 "ps",
                 "-a",
