@@ -31,6 +31,8 @@ Usage:
   pic-store egress clear SERVICE
   pic-store validate PATH...           check manifests or service folders
   pic-store status [--json]            version, counts, store and tools
+  pic-store logs ID [--tail N] [--service NAME]
+                                       a service's or connection's logs
   pic-store config                     effective configuration
   pic-store token                      print the API token (made if missing)
   pic-store --help | --version
@@ -171,6 +173,7 @@ fn dispatch(config: &Config, cmd: &str, rest: &[&str]) -> Result<i32> {
             _ => Err(Error::Usage("peer takes route, unroute or list".into())),
         },
         "egress" => Err(Error::Usage("egress takes set or clear".into())),
+        "logs" => logs(config, rest),
         "serve" => {
             Words::parse(cmd, rest, &[])?.exactly(cmd, &[])?;
             crate::http::serve(config)
@@ -361,6 +364,55 @@ fn parse_settings(words: &[&str]) -> Result<std::collections::BTreeMap<String, S
         }
     }
     Ok(env)
+}
+
+/// `logs ID [--tail N] [--service NAME]` (spec §13): printed as docker
+/// compose gives them, at most 5000 lines and 1 MiB.
+fn logs(config: &Config, rest: &[&str]) -> Result<i32> {
+    let mut id = None;
+    let mut tail = None;
+    let mut service = None;
+    let mut words = rest.iter();
+    while let Some(w) = words.next() {
+        let (flag, inline) = match w.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+            _ => (*w, None),
+        };
+        let slot = match flag {
+            "--tail" => &mut tail,
+            "--service" => &mut service,
+            f if f.starts_with("--") => {
+                return Err(Error::Usage(format!("logs: unknown option {f}")))
+            }
+            _ if id.is_none() => {
+                id = Some(*w);
+                continue;
+            }
+            _ => return Err(Error::Usage("logs takes one ID".into())),
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => words
+                .next()
+                .copied()
+                .ok_or_else(|| Error::Usage(format!("logs: {flag} needs a value")))?,
+        };
+        *slot = Some(value);
+    }
+    let id = ServiceId::parse(id.ok_or_else(|| Error::Usage("logs takes an ID".into()))?)?;
+    let tail = ops::parse_tail(tail)?;
+    let state = StateStore::new(&config.state_dir).read()?;
+    let text = ops::logs(
+        &RealHost,
+        config,
+        &state,
+        &id,
+        ops::LogsOf::Either,
+        tail,
+        service,
+    )?;
+    print!("{text}");
+    Ok(0)
 }
 
 const REAPPLY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);

@@ -519,7 +519,7 @@ pub fn convert(
             "--no-path-resolution",
         ])
         .timeout(CONVERT_TIMEOUT);
-    let result = host.run(&cmd);
+    let result = host.run(&cmd).map_err(missing_tool);
     let removed = files::remove_file_if_exists(&file);
     let out = match result {
         Ok(out) => out,
@@ -538,6 +538,35 @@ pub fn convert(
             vec![format!("printed something that is not JSON ({e})")],
         )
     })
+}
+
+/// A compose run that failed because docker or its Compose plugin is not
+/// there becomes [`Error::ToolMissing`] (spec §13), so the template is not
+/// blamed for it; any other error is returned as it is.
+pub fn missing_tool(e: Error) -> Error {
+    match &e {
+        Error::Command {
+            program,
+            reason,
+            stderr,
+            ..
+        } => {
+            if reason == "program not found" {
+                return Error::ToolMissing(format!("docker not found: {program}"));
+            }
+            let plugin_missing = stderr.contains("is not a docker command")
+                || stderr.contains("unknown command: docker compose")
+                || stderr.contains("unknown shorthand flag: 'p' in -p");
+            if reason.starts_with("exit status") && plugin_missing {
+                return Error::ToolMissing(format!(
+                    "docker compose plugin not found ({program} compose: {})",
+                    stderr_tail(stderr)
+                ));
+            }
+            e
+        }
+        _ => e,
+    }
 }
 
 fn is_project_name(s: &str) -> bool {
@@ -2932,5 +2961,34 @@ mod tests {
         assert_eq!(back["name"], "pic-web");
         assert!(write_checked(&c, "../evil", &json!({})).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_docker_or_plugin_is_named_and_other_failures_kept() {
+        let failed = |reason: &str, stderr: &str| Error::Command {
+            program: "/usr/bin/docker".into(),
+            args: vec!["compose".into()],
+            reason: reason.into(),
+            stderr: stderr.into(),
+        };
+        for stderr in [
+            "docker: 'compose' is not a docker command.\nSee 'docker --help'",
+            "docker: unknown command: docker compose\n\nRun 'docker --help' for more information",
+        ] {
+            let e = missing_tool(failed("exit status 1", stderr));
+            assert!(matches!(e, Error::ToolMissing(_)), "{e:?}");
+            assert!(e.to_string().starts_with("docker compose plugin not found"));
+            assert_eq!((e.exit_code(), e.http_status()), (2, 503));
+        }
+        let e = missing_tool(failed("program not found", ""));
+        assert_eq!(e.to_string(), "docker not found: /usr/bin/docker");
+        // A template compose refuses stays the template's fault.
+        let e = missing_tool(failed(
+            "exit status 15",
+            "services.web Additional property foo",
+        ));
+        assert!(matches!(e, Error::Command { .. }), "{e:?}");
+        let e = missing_tool(failed("timed out after 60 s and was killed", ""));
+        assert!(matches!(e, Error::Command { .. }), "{e:?}");
     }
 }

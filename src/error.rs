@@ -38,6 +38,9 @@ pub enum Error {
     Busy(String),
     /// An operation failed at a named step (the system was put back).
     Failed { step: String, reason: String },
+    /// A program pic-store needs is not installed (docker, its Compose
+    /// plugin): exit 2, HTTP 503 (spec §13 "Missing tools").
+    ToolMissing(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -69,6 +72,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::Config { .. } | Error::StateUnreadable { .. } => 2,
+            Error::ToolMissing(_) => 2,
             _ => 1,
         }
     }
@@ -80,6 +84,7 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::Conflict(_) | Error::Busy(_) => 409,
             Error::Store { .. } => 502,
+            Error::ToolMissing(_) => 503,
             _ => 500,
         }
     }
@@ -133,6 +138,7 @@ impl fmt::Display for Error {
             }
             Error::NotFound(msg) | Error::Conflict(msg) | Error::Busy(msg) => write!(f, "{msg}"),
             Error::Failed { step, reason } => write!(f, "{step} failed: {reason}"),
+            Error::ToolMissing(msg) => write!(f, "{msg}"),
         }
     }
 }

@@ -3,61 +3,176 @@
 //! state without the lock (it is only ever replaced whole).
 
 use crate::config::Config;
-use crate::error::Result;
-use crate::host::{Cmd, Host};
-use crate::state::{State, StateStore};
-use crate::store::StoreClient;
-use serde_json::{json, Value};
+use crate::error::{Error, Result};
+use crate::host::{Cmd, Host, RealHost};
+use crate::runtime::{self, RunState, Runtime, Runtimes};
+use crate::state::{InstalledService, State, StateStore};
+use crate::store::{Index, StoreClient};
+use serde_json::{json, Map, Value};
 use std::time::Duration;
 
-/// `{"available": [...], "installed": {...}, "stale": bool}` (spec §12).
-pub fn services_value(state: &State, index: &crate::store::Index) -> Value {
-    json!({
-        "available": index.services,
-        "installed": state.services,
-        "stale": index.stale,
-        "index_fetched_at": index.fetched_at,
-    })
+/// `{"available": [...], "installed": {...}, "connections": {...},
+/// "stale": bool}` (spec §12, §13). Each installed service carries its
+/// `runtime` and `update_available`, each connection instance its
+/// `runtime`. With the store unreachable and nothing cached, `available`
+/// is empty and `error` says why; with docker unanswering, each runtime
+/// is null and `runtime_error` says why.
+pub fn services_value(
+    state: &State,
+    index: std::result::Result<&Index, &Error>,
+    runtimes: &std::result::Result<Runtimes, String>,
+) -> Value {
+    let mut installed = Map::new();
+    for (id, s) in &state.services {
+        let mut v = json!(s);
+        if let Value::Object(fields) = &mut v {
+            let rt = runtimes.as_ref().ok().and_then(|r| r.services.get(id));
+            fields.insert("runtime".into(), json!(rt));
+            let update = index.ok().is_some_and(|i| update_available(s, i));
+            fields.insert("update_available".into(), json!(update));
+        }
+        installed.insert(id.clone(), v);
+    }
+    let mut connections = Map::new();
+    for (id, c) in &state.connections {
+        let rt = runtimes.as_ref().ok().and_then(|r| r.connections.get(id));
+        connections.insert(id.clone(), json!({"service": c.service, "runtime": rt}));
+    }
+    let mut v = match index {
+        Ok(index) => json!({
+            "available": index.services,
+            "stale": index.stale,
+            "index_fetched_at": index.fetched_at,
+        }),
+        Err(e) => json!({
+            "available": [],
+            "stale": false,
+            "index_fetched_at": null,
+            "error": e.to_string(),
+        }),
+    };
+    v["installed"] = Value::Object(installed);
+    v["connections"] = Value::Object(connections);
+    if let Err(e) = runtimes {
+        v["runtime_error"] = json!(e);
+    }
+    v
+}
+
+/// Whether the store offers another version of an installed service: the
+/// index entry's `version` (and its `image`, when the index gives one)
+/// differs from the installed manifest's. The index is what every reader
+/// already has; no manifest is fetched per request (README, "Choices").
+pub fn update_available(s: &InstalledService, index: &Index) -> bool {
+    let Some(e) = index
+        .services
+        .iter()
+        .find(|e| e.id.as_str() == s.manifest.id.as_str())
+    else {
+        return false;
+    };
+    let image_differs = e
+        .extra
+        .get("image")
+        .and_then(Value::as_str)
+        .is_some_and(|image| image != s.manifest.image);
+    e.version != s.manifest.version || image_differs
+}
+
+/// The runtime of everything installed, from one `docker ps -a` (at most
+/// one per [`runtime::INVENTORY_TTL`] in a process).
+pub fn runtimes(
+    host: &dyn Host,
+    config: &Config,
+    state: &State,
+) -> std::result::Result<Runtimes, String> {
+    let (_, inv) = runtime::cached_inventory(host, config);
+    inv.as_ref()
+        .as_ref()
+        .map(|inv| Runtimes::of(state, inv))
+        .map_err(Clone::clone)
+}
+
+/// A runtime as one word for text output: `exited (137)`, `healthy`...
+pub fn runtime_word(rt: Option<&Runtime>) -> String {
+    match rt {
+        None => "-".into(),
+        Some(r) => match r.exit_code {
+            Some(code) if r.state == RunState::Exited => format!("exited ({code})"),
+            _ => r.state.as_str().to_string(),
+        },
+    }
 }
 
 pub fn list(config: &Config, as_json: bool) -> Result<i32> {
     let state = StateStore::new(&config.state_dir).read()?;
     let store = StoreClient::from_config(config);
-    let index = store.index()?;
+    let index = store.index();
+    let runtimes = runtimes(&RealHost, config, &state);
     if as_json {
-        println!("{}", services_value(&state, &index));
+        println!("{}", services_value(&state, index.as_ref(), &runtimes));
         return Ok(0);
     }
-    if index.stale {
-        eprintln!(
+    match &index {
+        Ok(i) if i.stale => eprintln!(
             "note: the store is unreachable; this is the index fetched {}",
-            age(index.fetched_at)
-        );
+            age(i.fetched_at)
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("note: the store cannot be read, showing only what is installed: {e}"),
     }
-    println!("{:<24} {:<28} {:<12} INSTALLED", "ID", "NAME", "VERSION");
-    for e in &index.services {
-        let installed = state
-            .services
-            .get(e.id.as_str())
-            .map(|s| s.manifest.version.as_str())
-            .unwrap_or("-");
+    if let Err(e) = &runtimes {
+        eprintln!("note: the containers' state is unknown: {e}");
+    }
+    let rt = |id: &str| runtime_word(runtimes.as_ref().ok().and_then(|r| r.services.get(id)));
+    let no_services = Vec::new();
+    let available = index.as_ref().map(|i| &i.services).unwrap_or(&no_services);
+    println!(
+        "{:<24} {:<28} {:<12} {:<12} RUNTIME",
+        "ID", "NAME", "VERSION", "INSTALLED"
+    );
+    for e in available {
+        let id = e.id.as_str();
+        let installed = match state.services.get(id) {
+            Some(s) if s.manifest.version != e.version => {
+                format!("{} (update)", s.manifest.version)
+            }
+            Some(s) => s.manifest.version.clone(),
+            None => "-".into(),
+        };
+        let runtime = if state.services.contains_key(id) {
+            rt(id)
+        } else {
+            "-".into()
+        };
         println!(
-            "{:<24} {:<28} {:<12} {installed}",
-            e.id.as_str(),
+            "{:<24} {:<28} {:<12} {:<12} {runtime}",
+            id,
             clip(&e.name, 28),
-            clip(&e.version, 12)
+            clip(&e.version, 12),
+            installed
         );
     }
     for (id, s) in &state.services {
-        if !index.services.iter().any(|e| e.id.as_str() == id) {
+        if !available.iter().any(|e| e.id.as_str() == id) {
+            let note = if index.is_ok() {
+                " (no longer in the store)"
+            } else {
+                ""
+            };
             println!(
-                "{:<24} {:<28} {:<12} {} (no longer in the store)",
+                "{:<24} {:<28} {:<12} {:<12} {}{note}",
                 id,
                 clip(&s.manifest.name, 28),
                 "-",
-                s.manifest.version
+                s.manifest.version,
+                rt(id)
             );
         }
+    }
+    for (id, c) in &state.connections {
+        let word = runtime_word(runtimes.as_ref().ok().and_then(|r| r.connections.get(id)));
+        println!("connection {id} ({}): {word}", c.service);
     }
     Ok(0)
 }
@@ -85,14 +200,33 @@ pub fn status_json(config: &Config, host: &dyn Host, state: &State, store: &Stor
         "egress": state.egress.len(),
         "image_verification_mode": state.settings.image_verification_mode,
         "pending": state.pending,
-        "index": cached.map(|i| json!({
+        "index": cached.as_ref().map(|i| json!({
             "fetched_at": i.fetched_at,
             "age_seconds": crate::files::now_unix().saturating_sub(i.fetched_at),
             "stale": i.stale,
             "services": i.services.len(),
         })),
         "tools": tools,
+        "runtime": status_runtime(host, config, state),
+        "updates_available": cached.as_ref().map(|i| {
+            state
+                .services
+                .iter()
+                .filter(|(_, s)| update_available(s, i))
+                .map(|(id, _)| id.clone())
+                .collect::<Vec<_>>()
+        }),
     })
+}
+
+/// `status`'s `runtime`: `{"services": {ID: RUNTIME}, "connections":
+/// {ID: RUNTIME}}`, with `update_available` for the services when an
+/// index is cached (no fetch: `status` only reads), or `{"error": ...}`.
+fn status_runtime(host: &dyn Host, config: &Config, state: &State) -> Value {
+    match runtimes(host, config, state) {
+        Ok(r) => json!({"services": r.services, "connections": r.connections}),
+        Err(e) => json!({"error": e}),
+    }
 }
 
 pub fn status(config: &Config, host: &dyn Host, as_json: bool) -> Result<i32> {
@@ -114,6 +248,7 @@ pub fn status(config: &Config, host: &dyn Host, as_json: bool) -> Result<i32> {
             Some(p) => println!("pending: {} of {} (pid {})", p.op, p.target, p.pid),
             None => println!("pending: none"),
         }
+        status_services(&v);
         match store.cached_index() {
             Some(i) => println!(
                 "store index: {} services, fetched {}",
@@ -140,6 +275,40 @@ pub fn status(config: &Config, host: &dyn Host, as_json: bool) -> Result<i32> {
         .as_object()
         .is_some_and(|t| t.values().all(|x| x["ok"] == json!(true)));
     Ok(if tools_ok { 0 } else { 1 })
+}
+
+/// `status`'s lines for each service's and connection's runtime.
+fn status_services(v: &Value) {
+    let rt = &v["runtime"];
+    if let Some(e) = rt["error"].as_str() {
+        println!("runtime: unknown ({e})");
+        return;
+    }
+    let updates: Vec<&str> = v["updates_available"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for (kind, key) in [("service", "services"), ("connection", "connections")] {
+        if let Some(map) = rt[key].as_object() {
+            for (id, r) in map {
+                let update = if updates.contains(&id.as_str()) {
+                    "  (update available)"
+                } else {
+                    ""
+                };
+                println!("{kind} {id}: {}{update}", json_word(r));
+            }
+        }
+    }
+}
+
+/// [`runtime_word`] of a runtime's JSON form.
+fn json_word(v: &Value) -> String {
+    match (v["state"].as_str(), v["exit_code"].as_i64()) {
+        (None, _) => "-".into(),
+        (Some("exited"), Some(code)) => format!("exited ({code})"),
+        (Some(state), _) => state.to_string(),
+    }
 }
 
 fn tool(found: bool, path: &str) -> Value {

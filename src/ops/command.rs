@@ -124,6 +124,7 @@ impl Command {
 
     /// Runs the operation, waiting up to `wait` for the state lock.
     pub fn run(&self, ctx: &mut Ctx, wait: Duration) -> Result<Outcome> {
+        self.tools_present(ctx)?;
         Ok(match self {
             Command::Install(id) => {
                 listed_or_installed(ctx, id)?;
@@ -351,6 +352,21 @@ pub fn parse_mode(s: &str) -> Result<VerificationMode> {
             )],
         )
     })
+}
+
+impl Command {
+    /// A missing docker is its own error (spec §13), before an install
+    /// fails at whichever step first runs it; a missing Compose plugin is
+    /// found where compose first runs (`compose::missing_tool`).
+    fn tools_present(&self, ctx: &Ctx) -> Result<()> {
+        if matches!(self, Command::Install { .. }) && !ctx.config.docker.found {
+            return Err(crate::error::Error::ToolMissing(format!(
+                "docker not found: {}",
+                ctx.config.docker.display()
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 mod alloc;
 mod command;
 mod connection;
+mod logs;
 mod parallel;
 mod project;
 mod reapply;
@@ -26,6 +27,7 @@ pub(crate) use connection::{
     connection_add, connection_remove, egress_clear, egress_set, peer_route, peer_unroute,
     set_verification_mode,
 };
+pub(crate) use logs::{logs, parse_tail, LogsOf};
 pub(crate) use reapply::{dry_run, reapply, DryRun};
 pub(crate) use service::prepare_doc;
 pub(crate) use service::{install, remove, update};

@@ -17,6 +17,7 @@ use std::time::Duration;
 const PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const UP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const DOWN_TIMEOUT: Duration = Duration::from_secs(3 * 60);
+const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The project of an installed service: `pic-<id>`.
 pub(crate) fn service(config: &Config, id: &str) -> Project {
@@ -138,5 +139,23 @@ pub(crate) fn staged(config: &Config, id: &str) -> Project {
     Project {
         file: config.compose_dir().join(format!("{name}.new.json")),
         name,
+    }
+}
+
+/// `logs --no-color --tail N [SERVICE]` over every profile; `service` must
+/// have been checked against the project's compose file (`logs.rs`).
+pub(crate) fn logs_cmd(
+    config: &Config,
+    project: &Project,
+    tail: usize,
+    service: Option<&str>,
+) -> Cmd {
+    let cmd = compose::compose_cmd(config, project)
+        .args(["--profile", "*", "logs", "--no-color", "--tail"])
+        .arg(tail.to_string())
+        .timeout(LOGS_TIMEOUT);
+    match service {
+        Some(s) => cmd.arg(s),
+        None => cmd,
     }
 }

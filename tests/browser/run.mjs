@@ -147,6 +147,13 @@ async function run(page, problems) {
     await expectText(page.locator(`#store-${WEB} .badge`), 'Installed', `the store tile of ${WEB}`);
   });
 
+  await step(`see the runtime of ${WEB} and open its logs view`, async () => {
+    await expectCount(page.locator(`#svc-${WEB} .runtime`), 1, `the runtime badge of ${WEB}`);
+    await page.locator(`#svc-${WEB} a.logs`).click();
+    await expectText(page.locator('main h2'), `Logs of ${WEB}`, 'the logs view');
+    await backHome(page);
+  });
+
   await step(`install ${PROXY}`, async () => {
     await page.locator(`#store-${PROXY} button`, { hasText: 'Install' }).click();
     await followJob(page, `install ${PROXY}`);
