@@ -5,8 +5,6 @@
 pub mod cli;
 pub mod compose;
 pub mod config;
-// Used by the operations of spec §13 as they land.
-#[allow(dead_code)]
 mod disk;
 mod docker;
 pub mod error;

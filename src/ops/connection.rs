@@ -173,6 +173,7 @@ pub(super) fn create_checked(
         undo.push(Undo::Down(project.clone()));
         ctx.say(&format!("{name}: starting {container}"));
         step("docker compose up", project::up(ctx, &project))?;
+        project::wait_healthy(ctx, &project)?;
         let mut next = state.clone();
         next.connections.insert(name.to_string(), conn.clone());
         undo.push(Undo::Network(Box::new(state.clone())));

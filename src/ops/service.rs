@@ -371,6 +371,7 @@ fn install_steps(
         "write the compose file",
         compose::write_checked(ctx.config, &project.name, doc),
     )?;
+    step("check free space", project::check_disk(ctx))?;
     ctx.say(&format!("{id}: pulling {}", m.image));
     step("pull", project::pull(ctx, project))?;
     let mode = old.settings.image_verification_mode;
@@ -382,6 +383,7 @@ fn install_steps(
         undo.push(Undo::Down(project.clone()));
         ctx.say(&format!("{id}: starting"));
         step("docker compose up", project::up(ctx, project))?;
+        project::wait_healthy(ctx, project)?;
         if let Some(hook) = &m.provision_hook {
             ctx.say(&format!("{id}: running the provision hook"));
             let host = ctx.host;
@@ -572,6 +574,7 @@ pub(super) fn update_checked(
             "write the compose file",
             files::write_atomic(&new_file, &bytes, 0o600),
         )?;
+        step("check free space", project::check_disk(ctx))?;
         ctx.say(&format!("{id}: pulling {}", m.image));
         step("pull", project::pull(ctx, &new_project))?;
         let digest = verify_image(
@@ -586,6 +589,7 @@ pub(super) fn update_checked(
             }
             ctx.say(&format!("{id}: starting version {}", m.version));
             step("docker compose up", project::up(ctx, &new_project))?;
+            project::wait_healthy(ctx, &new_project)?;
         }
         let mut next = state.clone();
         next.services.insert(

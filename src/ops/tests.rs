@@ -56,6 +56,8 @@ impl Cell {
             "PIC_IPTABLES_RESTORE" => Some("/fake/iptables-restore".into()),
             "PIC_IP" => Some("/fake/ip".into()),
             "PIC_COSIGN" => Some("/fake/cosign".into()),
+            "PIC_MIN_FREE_MB" => Some("0".into()),
+            "PIC_HEALTH_TIMEOUT" => Some("0".into()),
             _ => None,
         })
         .unwrap();
@@ -111,6 +113,46 @@ fn down(p: &crate::compose::Project, volumes: Volumes) -> String {
         ""
     };
     format!("{} --profile * down --remove-orphans{also}", compose(p))
+}
+
+/// The health wait's look at a project (spec §13).
+fn ps(project: &str) -> String {
+    format!(
+        "{DOCKER} ps -a --filter label=com.docker.compose.project={project} --format \
+         {{{{.Label \"com.docker.compose.project\"}}}}\t\
+         {{{{.Label \"com.docker.compose.service\"}}}}\t{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Status}}}}"
+    )
+}
+
+/// The health wait finding the project's one container healthy, or
+/// unhealthy (then its last log lines are read for the error).
+fn health(host: &FakeHost, project: &str, healthy: bool) {
+    let status = if healthy { "healthy" } else { "unhealthy" };
+    host.push(
+        &ps(project),
+        0,
+        &format!("{project}\tapp\t{project}-app\trunning\tUp 1 second ({status})\n"),
+        "",
+    );
+    if !healthy {
+        host.push(
+            &format!("{DOCKER} logs --tail 20 {project}-app"),
+            0,
+            "the last words\n",
+            "",
+        );
+    }
+}
+
+/// The free-space check: `docker info` names the docker root (its failure
+/// stands for any failure of the check).
+fn disk(host: &FakeHost, fails: bool) {
+    let line = format!("{DOCKER} info --format {{{{.DockerRootDir}}}}");
+    if fails {
+        fail(host, &line);
+    } else {
+        host.push(&line, 0, "/\n", "");
+    }
 }
 
 /// A project without its compose file goes by its label.
@@ -201,17 +243,21 @@ fn installed(m: Manifest) -> InstalledService {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InstallStep {
     Network,
+    Disk,
     Pull,
     ImageCheck,
     Up,
+    Health,
     Rules,
 }
 
-const INSTALL_STEPS: [InstallStep; 5] = [
+const INSTALL_STEPS: [InstallStep; 7] = [
     InstallStep::Network,
+    InstallStep::Disk,
     InstallStep::Pull,
     InstallStep::ImageCheck,
     InstallStep::Up,
+    InstallStep::Health,
     InstallStep::Rules,
 ];
 
@@ -231,6 +277,8 @@ fn install_calls(host: &FakeHost, p: &crate::compose::Project, step: InstallStep
                 fail(host, &inspect);
             }
         }
+        (InstallStep::Disk, fails) => disk(host, fails),
+        (InstallStep::Health, fails) => health(host, &p.name, !fails),
         (InstallStep::Pull, false) => ok(host, &format!("{} --profile * pull", compose(p))),
         (InstallStep::Pull, true) => fail(host, &format!("{} --profile * pull", compose(p))),
         (InstallStep::ImageCheck, fails) => {
@@ -279,16 +327,19 @@ fn install_undoes_exactly_the_steps_before_the_failing_one() {
         }
         install_calls(&host, &p, *failing, true);
         // The undo, in reverse: only of what was done.
-        if k > InstallStep::Up as usize {
+        if k > InstallStep::Health as usize {
             network(&host, false);
         }
-        if k > InstallStep::Pull as usize + 1 {
+        if k >= InstallStep::Up as usize {
             ok(&host, &down(&p, Volumes::Remove));
         }
         let err = install_web(&cell, &host).unwrap_err();
         drop(host); // every expected call was made
         let state = cell.state();
         assert!(state.services.is_empty(), "{failing:?}: {err}");
+        if *failing == InstallStep::Health {
+            assert!(err.to_string().contains("the last words"), "{err}");
+        }
         assert_eq!(state.pending, None, "{failing:?}");
         assert!(!p.file.exists(), "{failing:?}: compose file left");
         assert!(!data.exists(), "{failing:?}: data folder left");
@@ -535,16 +586,20 @@ const DIGEST2: &str = "sha256:11111111111111111111111111111111111111111111111111
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum UpdateStep {
+    Disk,
     Pull,
     ImageCheck,
     Up,
+    Health,
     Rules,
 }
 
-const UPDATE_STEPS: [UpdateStep; 4] = [
+const UPDATE_STEPS: [UpdateStep; 6] = [
+    UpdateStep::Disk,
     UpdateStep::Pull,
     UpdateStep::ImageCheck,
     UpdateStep::Up,
+    UpdateStep::Health,
     UpdateStep::Rules,
 ];
 
@@ -561,6 +616,8 @@ fn update_calls(host: &FakeHost, staged: &crate::compose::Project, step: UpdateS
         }
     };
     match step {
+        UpdateStep::Disk => disk(host, fails),
+        UpdateStep::Health => health(host, &staged.name, !fails),
         UpdateStep::Pull => push(format!("{} --profile * pull", compose(staged))),
         UpdateStep::ImageCheck => {
             let digest = if fails { "sha256:0000" } else { DIGEST2 };
@@ -622,7 +679,7 @@ fn update_restores_the_old_version_when_a_step_fails() {
             update_calls(&host, &staged, *step, false);
         }
         update_calls(&host, &staged, *failing, true);
-        if k > UpdateStep::Up as usize {
+        if k > UpdateStep::Health as usize {
             network(&host, false);
         }
         if k >= UpdateStep::Up as usize {
@@ -723,25 +780,31 @@ fn create_c1(cell: &Cell, host: &FakeHost) -> Result<ConnectionOutcome> {
 
 #[test]
 fn connection_create_undoes_exactly_the_steps_before_the_failing_one() {
-    for up_fails in [true, false] {
+    for failing in ["up", "health", "rules"] {
         let cell = cell_with_proxy("conn-new");
         let p = project::instance(&cell.config, "proxy", "c1");
         let data = crate::compose::data_dir(&cell.config, "proxy", Some("c1"));
         let host = FakeHost::new();
         let up = format!("{} up -d --remove-orphans --pull missing", compose(&p));
-        if up_fails {
-            fail(&host, &up);
-        } else {
-            ok(&host, &up);
-            network_failing(&host, true);
-            network(&host, false); // the undo: the rules without c1
+        match failing {
+            "up" => fail(&host, &up),
+            "health" => {
+                ok(&host, &up);
+                health(&host, &p.name, false);
+            }
+            _ => {
+                ok(&host, &up);
+                health(&host, &p.name, true);
+                network_failing(&host, true);
+                network(&host, false); // the undo: the rules without c1
+            }
         }
         ok(&host, &down(&p, Volumes::Remove));
         create_c1(&cell, &host).unwrap_err();
         drop(host);
         let state = cell.state();
         assert!(state.connections.is_empty() && state.pending.is_none());
-        assert!(!p.file.exists() && !data.exists(), "up_fails {up_fails}");
+        assert!(!p.file.exists() && !data.exists(), "{failing} fails");
     }
 }
 
@@ -754,6 +817,7 @@ fn connection_create_commits_after_every_step() {
         &host,
         &format!("{} up -d --remove-orphans --pull missing", compose(&p)),
     );
+    health(&host, &p.name, true);
     network(&host, true);
     let out = create_c1(&cell, &host).unwrap();
     drop(host);
