@@ -18,9 +18,11 @@ Usage:
   pic-store serve                      HTTP API and admin page
   pic-store reapply [--dry-run]        make the system match the state file
   pic-store list [--json]              available and installed services
-  pic-store install ID                 install a service from the store
+  pic-store install ID [NAME=VALUE...] install a service from the store
+  pic-store configure ID NAME=VALUE... change a service's settings
   pic-store update ID                  update an installed service
   pic-store remove ID [--purge]        remove a service (--purge: and its data)
+  pic-store start|stop|restart ID      start, stop or restart a service
   pic-store connection add SERVICE NAME [KEY=VALUE...]
   pic-store connection remove NAME
   pic-store connection list [--json]
@@ -195,7 +197,26 @@ fn parse_command(cmd: &str, rest: &[&str]) -> Result<Option<(Command, Print)>> {
         ServiceId::parse(w.positional[0])
     };
     let command = match (cmd, rest) {
-        ("install", args) => Command::Install(one_id(cmd, args)?),
+        ("install", args) => {
+            let w = Words::parse(cmd, args, &[])?;
+            let [id, settings @ ..] = w.positional.as_slice() else {
+                return Err(Error::Usage("install takes ID [NAME=VALUE...]".into()));
+            };
+            Command::Install {
+                id: ServiceId::parse(id)?,
+                settings: parse_settings(settings)?,
+            }
+        }
+        ("configure", args) => {
+            let w = Words::parse(cmd, args, &[])?;
+            let [id, settings @ ..] = w.positional.as_slice() else {
+                return Err(Error::Usage("configure takes ID NAME=VALUE...".into()));
+            };
+            Command::Configure {
+                id: ServiceId::parse(id)?,
+                settings: parse_settings(settings)?,
+            }
+        }
         ("update", args) => Command::Update(one_id(cmd, args)?),
         ("remove", args) => {
             let w = Words::parse(cmd, args, &["--purge"])?;
@@ -262,9 +283,20 @@ fn parse_command(cmd: &str, rest: &[&str]) -> Result<Option<(Command, Print)>> {
             w.exactly("egress clear", &["SERVICE"])?;
             Command::EgressClear(ServiceId::parse(w.positional[0])?)
         }
+        ("start" | "stop" | "restart", args) => operate_command(cmd, one_id(cmd, args)?),
         _ => return Ok(None),
     };
     Ok(Some((command, Print::Text)))
+}
+
+/// `start`, `stop` or `restart` of a service (spec §13).
+fn operate_command(cmd: &str, id: ServiceId) -> Command {
+    let action = match cmd {
+        "start" => ops::Action::Start,
+        "stop" => ops::Action::Stop,
+        _ => ops::Action::Restart,
+    };
+    Command::Operate { id, action }
 }
 
 /// Runs a command with the real host, printing its outcome.

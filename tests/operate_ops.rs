@@ -208,3 +208,254 @@ fn too_little_free_space_refuses_the_install_before_any_pull() {
     assert_eq!(cell.state()["services"], json!({}));
     assert!(compose_project_containers(&project.0).is_empty());
 }
+
+#[test]
+fn a_stopped_service_stays_down_through_reapply_and_start_and_restart_bring_it_back_healthy() {
+    if !require_rig() {
+        return;
+    }
+    let digest = web_digest();
+    let mut cell = Cell::new("172.20.0.252-172.20.0.254");
+    let id = "op-stop";
+    let _project = Project::new(id);
+    let container = format!("pt-{id}");
+    cell.store
+        .add(id, manifest(id, "1.0", &digest), &template("touch /ok"));
+    ok(&cell.run(&["install", id]));
+
+    let out = ok(&cell.run(&["stop", id]));
+    assert!(out.contains("stopped"), "{out}");
+    assert_eq!(inspect(&container, "{{.State.Running}}"), "false");
+    assert_eq!(cell.state()["services"][id]["stopped"], json!(true));
+    let out = ok(&cell.run(&["reapply"]));
+    assert!(out.contains("stopped by its owner"), "{out}");
+    assert_eq!(
+        inspect(&container, "{{.State.Running}}"),
+        "false",
+        "reapply started a stopped service"
+    );
+
+    ok(&cell.run(&["start", id]));
+    assert_eq!(health(&container), "healthy");
+    assert!(cell.state()["services"][id].get("stopped").is_none());
+
+    let before = inspect(&container, "{{.State.StartedAt}}");
+    ok(&cell.run(&["restart", id]));
+    assert_eq!(health(&container), "healthy");
+    assert_ne!(inspect(&container, "{{.State.StartedAt}}"), before);
+    ok(&cell.run(&["remove", id]));
+}
+
+// --- settings -------------------------------------------------------------------
+
+/// A service whose healthcheck passes while `GREETING` is `ok` or `fine`
+/// (the command touches `/GREETING`), with a generated and a required
+/// secret, all three in its environment.
+const SETTINGS_TEMPLATE: &str = r#"services:
+  web:
+    image: ${IMAGE}
+    container_name: ${CONTAINER_NAME}
+    command: ["sh", "-c", "touch /${GREETING}; exec httpd -f -p 8080"]
+    environment:
+      GREETING: "${GREETING}"
+      ADMIN_PASSWORD: "${ADMIN_PASSWORD}"
+      API_KEY: "${API_KEY}"
+    healthcheck:
+      test: ["CMD", "sh", "-c", "test -f /ok || test -f /fine"]
+      interval: 1s
+      timeout: 1s
+      retries: 2
+    networks:
+      - ${NETWORK}
+networks:
+  ${NETWORK}:
+    external: true
+"#;
+
+fn settings_manifest(id: &str, digest: &str) -> Value {
+    let mut m = manifest(id, "1.0", digest);
+    m["settings"] = json!([
+        {"name": "GREETING", "label": "Greeting", "type": "string", "default": "ok"},
+        {"name": "ADMIN_PASSWORD", "label": "Admin password", "type": "secret", "generate": 24},
+        {"name": "API_KEY", "label": "API key", "type": "secret", "required": true},
+    ]);
+    m
+}
+
+fn env_of(container: &str) -> Vec<String> {
+    let text = inspect(container, "{{json .Config.Env}}");
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+fn env_value(container: &str, name: &str) -> Option<String> {
+    env_of(container)
+        .iter()
+        .find_map(|e| e.strip_prefix(&format!("{name}=")).map(str::to_string))
+}
+
+/// `pic-store serve` on the host, its firewall and routes in `ns`.
+struct Serve {
+    child: std::process::Child,
+    addr: String,
+    token: String,
+    log: std::path::PathBuf,
+}
+
+impl Serve {
+    fn start(cell: &Cell) -> Serve {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let mut env: Vec<(String, String)> = cell.env.clone();
+        env.extend(cell.ns.program_overrides(&cell.dir.join("bin")));
+        env.push(("PIC_LISTEN".into(), addr.clone()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let log = cell.dir.join(format!("serve-{port}.log"));
+        let child = pic_command(&cell.dir, &env, &["serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let token_file = cell.dir.state_dir().join("api-token");
+        let mut s = Serve {
+            child,
+            addr,
+            token: String::new(),
+            log,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !s.get("/healthz").starts_with("HTTP/1.1 200") {
+            assert!(std::time::Instant::now() < deadline, "{}", s.log_text());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        s.token = fs::read_to_string(token_file).unwrap().trim().to_string();
+        s
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn send(&self, method: &str, path: &str, body: &str) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut c) = std::net::TcpStream::connect(&self.addr) else {
+            return String::new();
+        };
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            self.token,
+            body.len()
+        );
+        let _ = c.write_all(req.as_bytes());
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    }
+
+    fn get(&self, path: &str) -> String {
+        self.send("GET", path, "")
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn settings_are_required_generated_kept_secret_and_configured_with_rollback() {
+    if !require_rig() {
+        return;
+    }
+    let digest = web_digest();
+    let mut cell = Cell::new("172.20.0.190-172.20.0.194");
+    let id = "op-set";
+    let project = Project::new(id);
+    let container = format!("pt-{id}");
+    cell.store
+        .add(id, settings_manifest(id, &digest), SETTINGS_TEMPLATE);
+
+    // A required setting without a value refuses the install, naming it.
+    let out = cell.run(&["install", id]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("API_KEY (API key)"), "{err}");
+    assert!(err.contains("required"), "{err}");
+    assert!(compose_project_containers(&project.0).is_empty());
+    // An unknown one too.
+    let out = cell.run(&["install", id, "API_KEY=k", "NOPE=1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOPE"));
+
+    ok(&cell.run(&["install", id, "API_KEY=key4711given"]));
+    let password = env_value(&container, "ADMIN_PASSWORD").expect("generated secret in env");
+    assert_eq!(password.len(), 24, "{password}");
+    assert!(
+        password.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{password}"
+    );
+    assert_eq!(
+        env_value(&container, "API_KEY").as_deref(),
+        Some("key4711given")
+    );
+    assert_eq!(env_value(&container, "GREETING").as_deref(), Some("ok"));
+
+    // The API shows that secrets are set, never their values.
+    let serve = Serve::start(&cell);
+    for path in ["/api/services", &format!("/api/services/{id}")] {
+        let answer = serve.get(path);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("\"set\""), "{answer}");
+        assert!(!answer.contains(&password) && !answer.contains("key4711given"));
+    }
+    // Configure through the API: the environment changes; an empty secret
+    // keeps the current one.
+    let answer = serve.send(
+        "POST",
+        &format!("/api/services/{id}/configure"),
+        &json!({"settings": {"GREETING": "fine", "API_KEY": ""}}).to_string(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(env_value(&container, "GREETING").as_deref(), Some("fine"));
+    assert_eq!(
+        env_value(&container, "API_KEY").as_deref(),
+        Some("key4711given")
+    );
+    assert_eq!(
+        env_value(&container, "ADMIN_PASSWORD"),
+        Some(password.clone())
+    );
+    assert_eq!(health(&container), "healthy");
+    let log = serve.log_text();
+    drop(serve);
+    assert!(
+        !log.contains(&password) && !log.contains("key4711given"),
+        "{log}"
+    );
+
+    // A value that makes the healthcheck fail is rolled back.
+    let out = cell.run(&["configure", id, "GREETING=sick"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("health check"));
+    assert_eq!(env_value(&container, "GREETING").as_deref(), Some("fine"));
+    assert_eq!(
+        cell.state()["services"][id]["settings"]["GREETING"],
+        json!("fine")
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while health(&container) != "healthy" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            health(&container)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    ok(&cell.run(&["remove", id]));
+}

@@ -12,7 +12,7 @@ use super::App;
 use crate::error::Result;
 use crate::manifest::VerificationMode;
 use crate::ops::{mode_name, Command};
-use crate::state::State;
+use crate::state::{InstalledService, State};
 use crate::store::Index;
 use serde_json::{Map, Value};
 
@@ -253,13 +253,99 @@ fn installed(b: &mut String, state: &State, csrf: &str) {
             esc(id),
             csrf_field(csrf)
         );
+        if !m.instanceable {
+            operate_buttons(b, id, s.stopped, csrf);
+        }
         b.push_str("</div>");
+        if !m.instanceable && !m.settings.is_empty() {
+            settings_form(b, &format!("/ui/services/{id}/configure"), s, csrf);
+        }
         if !m.instanceable {
             egress_form(b, id, state.egress.get(id), &conns, csrf);
         }
         b.push_str("</div>");
     }
     b.push_str("</section>");
+}
+
+/// A form of the manifest's settings (spec §13): labels, types, choices
+/// as a select, required marks; a secret is a password field shown empty
+/// (left empty, it keeps or generates its value).
+fn settings_form(b: &mut String, action: &str, rec: &InstalledService, csrf: &str) {
+    use crate::manifest::SettingType;
+    let _ = write!(
+        b,
+        r#"<form method="post" action="{}" class="settings">{}"#,
+        esc(action),
+        csrf_field(csrf)
+    );
+    for st in &rec.manifest.settings {
+        let name = esc(&st.name);
+        let mark = if st.required { " *" } else { "" };
+        let _ = write!(b, r#"<label>{}{mark} "#, esc(&st.label));
+        let current = rec.settings.get(&st.name).or(st.default.as_ref());
+        let value = esc(current.map(String::as_str).unwrap_or(""));
+        match st.kind {
+            SettingType::Secret => {
+                let _ = write!(
+                    b,
+                    r#"<input type="password" name="{name}" value="" placeholder="unchanged" autocomplete="new-password">"#
+                );
+            }
+            SettingType::Choice => {
+                let _ = write!(b, r#"<select name="{name}">"#);
+                for c in &st.choices {
+                    let sel = if Some(c) == current { " selected" } else { "" };
+                    let _ = write!(b, r#"<option{sel}>{}</option>"#, esc(c));
+                }
+                b.push_str("</select>");
+            }
+            SettingType::Boolean => {
+                let _ = write!(b, r#"<select name="{name}">"#);
+                for c in ["true", "false"] {
+                    let sel = if current.map(String::as_str) == Some(c) {
+                        " selected"
+                    } else {
+                        ""
+                    };
+                    let _ = write!(b, r#"<option{sel}>{c}</option>"#);
+                }
+                b.push_str("</select>");
+            }
+            SettingType::Number => {
+                let _ = write!(
+                    b,
+                    r#"<input type="number" step="any" name="{name}" value="{value}">"#
+                );
+            }
+            SettingType::String => {
+                let _ = write!(b, r#"<input type="text" name="{name}" value="{value}">"#);
+            }
+        }
+        b.push_str("</label>");
+    }
+    b.push_str(r#"<button class="secondary">Save settings</button></form>"#);
+}
+
+/// Start (when its owner stopped it) or stop, and restart (spec §13).
+fn operate_buttons(b: &mut String, id: &str, stopped: bool, csrf: &str) {
+    let (verb, label) = if stopped {
+        ("start", "Start")
+    } else {
+        ("stop", "Stop")
+    };
+    b.push_str(&button(
+        &format!("/ui/services/{id}/{verb}"),
+        csrf,
+        label,
+        "secondary",
+    ));
+    b.push_str(&button(
+        &format!("/ui/services/{id}/restart"),
+        csrf,
+        "Restart",
+        "secondary",
+    ));
 }
 
 fn egress_form(b: &mut String, id: &str, current: Option<&String>, conns: &[&String], csrf: &str) {

@@ -58,7 +58,7 @@ static ROUTES: &[Route] = &[
     route("GET", "/login", Page(auth::login_get)),
     route("POST", "/login", Page(auth::login_post)),
     route("POST", "/logout", Page(auth::logout)),
-    route("POST", "/ui/services/*/install", Form(|a, _| Ok(Command::Install(id(a)?)))),
+    route("POST", "/ui/services/*/install", Form(install)),
     route("POST", "/ui/services/*/update", Form(|a, _| Ok(Command::Update(id(a)?)))),
     route("POST", "/ui/services/*/remove", Form(|a, f| remove(a, forms::flag(f, "purge")))),
     route("POST", "/ui/connections", Form(|_, f| forms::connection_add(f))),
@@ -69,6 +69,10 @@ static ROUTES: &[Route] = &[
     route("POST", "/ui/egress/*/clear", Form(|a, _| Ok(Command::EgressClear(id(a)?)))),
     route("POST", "/ui/settings", Form(|_, f| forms::settings(f))),
     route("POST", "/ui/reapply", Form(|_, _| Ok(Command::Reapply))),
+    route("POST", "/ui/services/*/start", Form(|a, _| operate(a, ops::Action::Start))),
+    route("POST", "/ui/services/*/stop", Form(|a, _| operate(a, ops::Action::Stop))),
+    route("POST", "/ui/services/*/restart", Form(|a, _| operate(a, ops::Action::Restart))),
+    route("POST", "/ui/services/*/configure", Form(configure)),
     // The JSON API.
     route("GET", "/api/status", Read(api::status)),
     route("GET", "/api/services", Read(api::services)),
@@ -78,7 +82,7 @@ static ROUTES: &[Route] = &[
     route("GET", "/api/connections/*", Read(api::connection)),
     route("GET", "/api/peers", Read(api::peers)),
     route("GET", "/api/settings", Read(api::settings)),
-    route("POST", "/api/services/*/install", Api(|_, a, _| Ok(Command::Install(id(a)?)))),
+    route("POST", "/api/services/*/install", Api(|_, a, f| install(a, f))),
     route("POST", "/api/services/*/update", Api(|_, a, _| Ok(Command::Update(id(a)?)))),
     route("POST", "/api/services/*/remove", Api(|r, a, f| remove(a, api_purge(r, f)))),
     route("PUT", "/api/services/*/egress", Api(|_, a, f| egress_set(a[0], f))),
@@ -89,6 +93,10 @@ static ROUTES: &[Route] = &[
     route("DELETE", "/api/peers/*/route", Api(|_, a, _| Ok(Command::PeerUnroute(peer(a)?)))),
     route("PUT", "/api/settings", Api(|_, _, f| forms::settings(f))),
     route("POST", "/api/reapply", Api(|_, _, _| Ok(Command::Reapply))),
+    route("POST", "/api/services/*/start", Api(|_, a, _| operate(a, ops::Action::Start))),
+    route("POST", "/api/services/*/stop", Api(|_, a, _| operate(a, ops::Action::Stop))),
+    route("POST", "/api/services/*/restart", Api(|_, a, _| operate(a, ops::Action::Restart))),
+    route("POST", "/api/services/*/configure", Api(|_, a, f| configure(a, f))),
 ];
 
 /// The id in a path's first `*`.
@@ -105,6 +113,27 @@ fn remove(args: &[&str], purge: bool) -> Result<Command> {
     Ok(Command::Remove {
         id: id(args)?,
         purge: ops::Purge::from_flag(purge),
+    })
+}
+
+fn install(args: &[&str], fields: &Fields) -> Result<Command> {
+    Ok(Command::Install {
+        id: id(args)?,
+        settings: forms::setting_values(fields)?,
+    })
+}
+
+fn configure(args: &[&str], fields: &Fields) -> Result<Command> {
+    Ok(Command::Configure {
+        id: id(args)?,
+        settings: forms::setting_values(fields)?,
+    })
+}
+
+fn operate(args: &[&str], action: ops::Action) -> Result<Command> {
+    Ok(Command::Operate {
+        id: id(args)?,
+        action,
     })
 }
 

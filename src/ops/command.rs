@@ -18,7 +18,12 @@ use std::time::Duration;
 /// A change to the system, its arguments checked and ready to run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Install(ServiceId),
+    /// With the owner's setting values (spec §6 rule 15), checked against
+    /// the manifest by the operation.
+    Install {
+        id: ServiceId,
+        settings: BTreeMap<String, String>,
+    },
     Update(ServiceId),
     Remove {
         id: ServiceId,
@@ -47,6 +52,16 @@ pub enum Command {
     /// At `serve` start: make firewall, routes and Caddy match the state (a
     /// process killed between applying and committing leaves them apart).
     Reconcile,
+    /// Start, stop or restart an installed service (spec §13).
+    Operate {
+        id: ServiceId,
+        action: super::Action,
+    },
+    /// New values for an installed service's settings (spec §13).
+    Configure {
+        id: ServiceId,
+        settings: BTreeMap<String, String>,
+    },
 }
 
 /// Whether a remove also deletes the service's data.
@@ -92,13 +107,18 @@ pub enum Outcome {
     Reconcile {
         reconciled: bool,
     },
+    Operated {
+        id: ServiceId,
+        action: super::Action,
+    },
+    Configured(ServiceId),
 }
 
 impl Command {
     /// What the job page and the log call it.
     pub fn title(&self) -> String {
         match self {
-            Command::Install(id) => format!("install {id}"),
+            Command::Install { id, .. } => format!("install {id}"),
             Command::Update(id) => format!("update {id}"),
             Command::Remove {
                 id,
@@ -119,15 +139,21 @@ impl Command {
             Command::Settings(m) => format!("set image verification to {}", mode_name(*m)),
             Command::Reapply => "reapply".to_string(),
             Command::Reconcile => "check the network against the state".to_string(),
+            Command::Operate { id, action } => format!("{} {id}", action.verb()),
+            Command::Configure { id, settings } => {
+                // Names only: a value may be a secret.
+                let names: Vec<&str> = settings.keys().map(String::as_str).collect();
+                format!("configure {id} ({})", names.join(", "))
+            }
         }
     }
 
     /// Runs the operation, waiting up to `wait` for the state lock.
     pub fn run(&self, ctx: &mut Ctx, wait: Duration) -> Result<Outcome> {
         Ok(match self {
-            Command::Install(id) => {
+            Command::Install { id, settings } => {
                 listed_or_installed(ctx, id)?;
-                Outcome::Install(super::install(ctx, id, wait)?)
+                Outcome::Install(super::install(ctx, id, settings, wait)?)
             }
             Command::Update(id) => Outcome::Update(super::update(ctx, id, wait)?),
             Command::Remove { id, purge } => Outcome::Remove(super::remove(ctx, id, *purge, wait)?),
@@ -171,6 +197,17 @@ impl Command {
             Command::Reconcile => Outcome::Reconcile {
                 reconciled: reconcile(ctx, wait)?,
             },
+            Command::Operate { id, action } => {
+                super::operate(ctx, id, *action, wait)?;
+                Outcome::Operated {
+                    id: id.clone(),
+                    action: *action,
+                }
+            }
+            Command::Configure { id, settings } => {
+                super::configure(ctx, id, settings, wait)?;
+                Outcome::Configured(id.clone())
+            }
         })
     }
 }
@@ -225,6 +262,8 @@ impl Outcome {
             Outcome::Settings(mode) => json!({"image_verification_mode": mode}),
             Outcome::Reapply(r) => to_json(r),
             Outcome::Reconcile { reconciled } => json!({"reconciled": reconciled}),
+            Outcome::Operated { id, action } => json!({"id": id, action.done(): true}),
+            Outcome::Configured(id) => json!({"id": id, "configured": true}),
         }
     }
 
@@ -285,6 +324,8 @@ impl Outcome {
             }
             Outcome::Reconcile { reconciled: true } => one("network reconciled".into()),
             Outcome::Reconcile { .. } => one("nothing to reconcile".into()),
+            Outcome::Operated { id, action } => one(format!("{id} {}", action.done())),
+            Outcome::Configured(id) => one(format!("{id} configured")),
         }
     }
 

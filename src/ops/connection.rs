@@ -93,7 +93,8 @@ pub fn connection_add(
         alloc.table,
         &env,
         ctx.config,
-    );
+    )
+    .with_settings(&m, &svc.setting_values());
     let rendered = compose::render(&template, &vars)?;
     let project = project::instance(ctx.config, service.as_str(), name.as_str());
     let cctx = CheckContext {

@@ -10,11 +10,13 @@
 mod alloc;
 mod command;
 mod connection;
+mod operate;
 mod project;
 mod reapply;
 mod service;
 mod settle;
 mod txn;
+mod values;
 
 #[cfg(test)]
 mod tests;
@@ -25,9 +27,10 @@ pub(crate) use connection::{
     connection_add, connection_remove, egress_clear, egress_set, peer_route, peer_unroute,
     set_verification_mode,
 };
+pub(crate) use operate::{operate, Action};
 pub(crate) use reapply::{dry_run, reapply, DryRun};
 pub(crate) use service::prepare_doc;
-pub(crate) use service::{install, remove, update};
+pub(crate) use service::{configure, install, remove, update};
 pub(crate) use txn::Session;
 
 use crate::config::Config;

@@ -83,6 +83,14 @@ pub fn reapply(ctx: &mut Ctx, wait: Duration) -> Result<ReapplyReport> {
         if svc.manifest.instanceable {
             continue;
         }
+        if svc.stopped {
+            record(
+                ctx,
+                format!("service {id}"),
+                Ok("left down: stopped by its owner".into()),
+            );
+            continue;
+        }
         let project = project::service(ctx.config, &id);
         let r = up_offline(ctx, &inventory, &project, &svc.manifest.image);
         record(ctx, format!("service {id}"), r);
@@ -240,7 +248,8 @@ pub fn dry_run(ctx: &mut Ctx) -> Result<DryRun> {
         images: None,
     };
     for (id, svc) in &state.services {
-        if svc.manifest.instanceable {
+        // A service its owner stopped is meant to be down.
+        if svc.manifest.instanceable || svc.stopped {
             continue;
         }
         let project = project::service(ctx.config, id);

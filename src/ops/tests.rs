@@ -233,6 +233,9 @@ fn installed(m: Manifest) -> InstalledService {
         installed_at: 1,
         image_digest: Some(DIGEST.into()),
         template: None,
+        stopped: false,
+        settings: Default::default(),
+        secrets: Default::default(),
     }
 }
 
@@ -310,6 +313,7 @@ fn install_web(cell: &Cell, host: &FakeHost) -> Result<InstallOutcome> {
             ip: Some(WEB_IP),
             doc: json!({"name": "pic-web", "services": {}}),
             warnings: Vec::new(),
+            values: Default::default(),
         };
         install_checked(ctx, &mut session, checked)
     })
@@ -659,6 +663,7 @@ fn update_web(cell: &Cell, host: &FakeHost) -> Result<UpdateOutcome> {
             ip: old.ip,
             doc: json!({"new": true}),
             warnings: Vec::new(),
+            values: Default::default(),
         };
         update_checked(ctx, &mut session, &old, checked)
     })
