@@ -21,7 +21,9 @@ Usage:
   pic-store install ID [NAME=VALUE...] install a service from the store
   pic-store configure ID NAME=VALUE... change a service's settings
   pic-store update ID                  update an installed service
-  pic-store remove ID [--purge]        remove a service (--purge: and its data)
+  pic-store remove ID [--purge] [--force]
+                                       remove a service (--purge: and its data;
+                                       --force: by label when compose down fails)
   pic-store start|stop|restart ID      start, stop or restart a service
   pic-store connection add SERVICE NAME [KEY=VALUE...]
   pic-store connection remove NAME
@@ -219,11 +221,12 @@ fn parse_command(cmd: &str, rest: &[&str]) -> Result<Option<(Command, Print)>> {
         }
         ("update", args) => Command::Update(one_id(cmd, args)?),
         ("remove", args) => {
-            let w = Words::parse(cmd, args, &["--purge"])?;
+            let w = Words::parse(cmd, args, &["--purge", "--force"])?;
             w.exactly(cmd, &["ID"])?;
             Command::Remove {
                 id: ServiceId::parse(w.positional[0])?,
                 purge: Purge::from_flag(w.has("--purge")),
+                force: w.has("--force"),
             }
         }
         ("reapply", args) => {

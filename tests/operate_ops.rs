@@ -459,3 +459,46 @@ fn settings_are_required_generated_kept_secret_and_configured_with_rollback() {
     }
     ok(&cell.run(&["remove", id]));
 }
+
+#[test]
+fn a_forced_remove_with_a_failing_compose_down_leaves_no_container() {
+    if !require_rig() {
+        return;
+    }
+    let digest = web_digest();
+    let mut cell = Cell::new("172.20.0.195-172.20.0.199");
+    let id = "op-force";
+    let project = Project::new(id);
+    cell.store
+        .add(id, manifest(id, "1.0", &digest), &template("touch /ok"));
+    ok(&cell.run(&["install", id]));
+    assert!(!compose_project_containers(&project.0).is_empty());
+
+    // docker as usual, except that every `compose ... down` fails.
+    let wrapper = cell.dir.join("docker-no-down");
+    write_script(
+        &wrapper,
+        &format!(
+            "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = down ]; then echo 'injected: down fails' >&2; exit 1; fi\ndone\nexec {} \"$@\"\n",
+            which("docker")
+        ),
+    );
+    cell.env
+        .push(("PIC_DOCKER".into(), wrapper.display().to_string()));
+    let out = cell.run(&["remove", id]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("injected: down fails"));
+    assert!(
+        cell.state()["services"].get(id).is_some(),
+        "the record stays"
+    );
+
+    let out = ok(&cell.run(&["remove", id, "--force"]));
+    assert!(out.contains("removed"), "{out}");
+    assert!(
+        compose_project_containers(&project.0).is_empty(),
+        "containers left: {:?}",
+        compose_project_containers(&project.0)
+    );
+    assert!(cell.state()["services"].get(id).is_none());
+}

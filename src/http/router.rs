@@ -60,7 +60,7 @@ static ROUTES: &[Route] = &[
     route("POST", "/logout", Page(auth::logout)),
     route("POST", "/ui/services/*/install", Form(install)),
     route("POST", "/ui/services/*/update", Form(|a, _| Ok(Command::Update(id(a)?)))),
-    route("POST", "/ui/services/*/remove", Form(|a, f| remove(a, forms::flag(f, "purge")))),
+    route("POST", "/ui/services/*/remove", Form(|a, f| remove(a, forms::flag(f, "purge"), forms::flag(f, "force")))),
     route("POST", "/ui/connections", Form(|_, f| forms::connection_add(f))),
     route("POST", "/ui/connections/*/delete", Form(|a, _| Ok(Command::ConnectionRemove(id(a)?)))),
     route("POST", "/ui/peers", Form(|_, f| peer_route(forms::text(f, "peer")?, f))),
@@ -84,7 +84,7 @@ static ROUTES: &[Route] = &[
     route("GET", "/api/settings", Read(api::settings)),
     route("POST", "/api/services/*/install", Api(|_, a, f| install(a, f))),
     route("POST", "/api/services/*/update", Api(|_, a, _| Ok(Command::Update(id(a)?)))),
-    route("POST", "/api/services/*/remove", Api(|r, a, f| remove(a, api_purge(r, f)))),
+    route("POST", "/api/services/*/remove", Api(|r, a, f| remove(a, api_purge(r, f), forms::flag(f, "force")))),
     route("PUT", "/api/services/*/egress", Api(|_, a, f| egress_set(a[0], f))),
     route("DELETE", "/api/services/*/egress", Api(|_, a, _| Ok(Command::EgressClear(id(a)?)))),
     route("POST", "/api/connections", Api(|_, _, f| forms::connection_add(f))),
@@ -109,10 +109,11 @@ fn peer(args: &[&str]) -> Result<Peer> {
     Peer::parse(args.first().copied().unwrap_or(""))
 }
 
-fn remove(args: &[&str], purge: bool) -> Result<Command> {
+fn remove(args: &[&str], purge: bool, force: bool) -> Result<Command> {
     Ok(Command::Remove {
         id: id(args)?,
         purge: ops::Purge::from_flag(purge),
+        force,
     })
 }
 

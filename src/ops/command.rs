@@ -28,6 +28,8 @@ pub enum Command {
     Remove {
         id: ServiceId,
         purge: Purge,
+        /// Remove by label when compose down fails (spec §8).
+        force: bool,
     },
     ConnectionAdd {
         service: ServiceId,
@@ -123,6 +125,7 @@ impl Command {
             Command::Remove {
                 id,
                 purge: Purge::DeleteData,
+                ..
             } => format!("remove {id} and its data"),
             Command::Remove { id, .. } => format!("remove {id}"),
             Command::ConnectionAdd { service, name, .. } => {
@@ -156,7 +159,9 @@ impl Command {
                 Outcome::Install(super::install(ctx, id, settings, wait)?)
             }
             Command::Update(id) => Outcome::Update(super::update(ctx, id, wait)?),
-            Command::Remove { id, purge } => Outcome::Remove(super::remove(ctx, id, *purge, wait)?),
+            Command::Remove { id, purge, force } => {
+                Outcome::Remove(super::remove_forcing(ctx, id, *purge, *force, wait)?)
+            }
             Command::ConnectionAdd { service, name, env } => Outcome::ConnectionAdd(
                 super::connection_add(ctx, service, name, env.clone(), wait)?,
             ),
@@ -417,6 +422,7 @@ mod tests {
         let remove = |purge| Command::Remove {
             id: id.clone(),
             purge,
+            force: false,
         };
         assert_eq!(remove(Purge::KeepData).title(), "remove radicale");
         assert_eq!(

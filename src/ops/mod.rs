@@ -30,7 +30,9 @@ pub(crate) use connection::{
 pub(crate) use operate::{operate, Action};
 pub(crate) use reapply::{dry_run, reapply, DryRun};
 pub(crate) use service::prepare_doc;
-pub(crate) use service::{configure, install, remove, update};
+#[cfg(test)]
+use service::remove;
+pub(crate) use service::{configure, install, remove_forcing, update};
 pub(crate) use txn::Session;
 
 use crate::config::Config;

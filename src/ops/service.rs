@@ -38,6 +38,9 @@ pub struct InstallOutcome {
 pub struct RemoveOutcome {
     pub id: String,
     pub purged: bool,
+    /// What a forced remove could not remove (spec §8).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_removed: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -452,10 +455,23 @@ fn install_steps(
     Ok(next)
 }
 
+#[cfg(test)]
 pub fn remove(
     ctx: &mut Ctx,
     id: &ServiceId,
     purge: Purge,
+    wait: Duration,
+) -> Result<RemoveOutcome> {
+    remove_forcing(ctx, id, purge, false, wait)
+}
+
+/// A remove; with `force`, a failing compose down is replaced by removing
+/// the project's containers and networks by label (spec §8).
+pub fn remove_forcing(
+    ctx: &mut Ctx,
+    id: &ServiceId,
+    purge: Purge,
+    force: bool,
     wait: Duration,
 ) -> Result<RemoveOutcome> {
     let purge = purge == Purge::DeleteData;
@@ -490,13 +506,19 @@ pub fn remove(
         )));
     }
     session.begin(PendingOp::Remove { purge }, id.as_str())?;
-    match remove_steps(ctx, &state, id.as_str(), purge) {
+    let mut not_removed = Vec::new();
+    let forced = force.then_some(&mut not_removed);
+    match remove_steps_forcing(ctx, &state, id.as_str(), purge, forced) {
         Ok(next) => {
             session.finish(next)?;
             ctx.say(&format!("{id}: removed"));
+            for what in &not_removed {
+                ctx.say(&format!("{id}: could not remove {what}"));
+            }
             Ok(RemoveOutcome {
                 id: id.to_string(),
                 purged: purge,
+                not_removed,
             })
         }
         Err(e) => {
@@ -511,16 +533,39 @@ pub fn remove(
 /// The steps of a remove; each is idempotent, so a remove left by a dead
 /// process is finished by running them again.
 pub(crate) fn remove_steps(ctx: &mut Ctx, state: &State, id: &str, purge: bool) -> Result<State> {
+    remove_steps_forcing(ctx, state, id, purge, None)
+}
+
+/// [`remove_steps`]; with `forced`, a failing compose down is followed by
+/// removing what is left by label, and what could not be is listed there.
+fn remove_steps_forcing(
+    ctx: &mut Ctx,
+    state: &State,
+    id: &str,
+    purge: bool,
+    forced: Option<&mut Vec<String>>,
+) -> Result<State> {
     let project = project::service(ctx.config, id);
     let volumes = if purge {
         Volumes::Remove
     } else {
         Volumes::Keep
     };
-    step(
-        "docker compose down",
-        project::down(ctx.host, ctx.config, &project, volumes),
-    )?;
+    let down = project::down(ctx.host, ctx.config, &project, volumes);
+    match (down, forced) {
+        (Ok(()), _) => {}
+        (Err(e), Some(left)) => {
+            ctx.say(&format!(
+                "{id}: docker compose down failed ({e}); removing its containers and networks by label"
+            ));
+            left.extend(docker::force_remove_project(
+                ctx.host,
+                ctx.config,
+                &project.name,
+            ));
+        }
+        (Err(e), None) => return step("docker compose down", Err(e)),
+    }
     files::remove_file_if_exists(&project.file)?;
     if purge {
         step(

@@ -453,6 +453,45 @@ fn a_failed_remove_keeps_the_record_and_stops_at_the_failing_step() {
     assert!(project::data_dir(&cell.config, "web").exists());
 }
 
+/// A forced remove whose compose down fails removes by label what it
+/// can, drops the record and lists what it could not remove.
+#[test]
+fn a_forced_remove_goes_by_label_when_down_fails() {
+    let cell = cell_with_web("remove-force");
+    let p = project::service(&cell.config, "web");
+    let host = FakeHost::new();
+    let label = "label=com.docker.compose.project=pic-web";
+    fail(&host, &down(&p, Volumes::Keep));
+    host.push(
+        &format!("{DOCKER} ps -aq --filter {label}"),
+        0,
+        "c1\nc2\n",
+        "",
+    );
+    ok(&host, &format!("{DOCKER} rm -f -v c1"));
+    fail(&host, &format!("{DOCKER} rm -f -v c2"));
+    host.push(
+        &format!("{DOCKER} network ls -q --filter {label}"),
+        0,
+        "n1\n",
+        "",
+    );
+    ok(&host, &format!("{DOCKER} network rm n1"));
+    network(&host, false);
+    let id = ServiceId::parse("web").unwrap();
+    let out = cell
+        .run(&host, |ctx| {
+            remove_forcing(ctx, &id, Purge::KeepData, true, WAIT)
+        })
+        .unwrap();
+    drop(host);
+    assert_eq!(out.not_removed.len(), 1, "{:?}", out.not_removed);
+    assert!(out.not_removed[0].starts_with("container c2"));
+    let state = cell.state();
+    assert!(state.services.is_empty() && state.pending.is_none());
+    assert!(!p.file.exists());
+}
+
 #[test]
 fn remove_with_purge_deletes_the_data_and_the_record() {
     let cell = cell_with_web("remove-ok");
