@@ -20,7 +20,7 @@ Usage:
   pic-store list [--json]              available and installed services
   pic-store install ID [NAME=VALUE...] install a service from the store
   pic-store configure ID NAME=VALUE... change a service's settings
-  pic-store update ID                  update an installed service
+  pic-store update ID | --all          update an installed service, or every one
   pic-store remove ID [--purge] [--force]
                                        remove a service (--purge: and its data;
                                        --force: by label when compose down fails)
@@ -219,6 +219,7 @@ fn parse_command(cmd: &str, rest: &[&str]) -> Result<Option<(Command, Print)>> {
                 settings: parse_settings(settings)?,
             }
         }
+        ("update", ["--all"]) => Command::UpdateAll,
         ("update", args) => Command::Update(one_id(cmd, args)?),
         ("remove", args) => {
             let w = Words::parse(cmd, args, &["--purge", "--force"])?;

@@ -502,3 +502,42 @@ fn a_forced_remove_with_a_failing_compose_down_leaves_no_container() {
     );
     assert!(cell.state()["services"].get(id).is_none());
 }
+
+#[test]
+fn update_all_updates_a_bumped_service_and_leaves_the_others() {
+    if !require_rig() {
+        return;
+    }
+    let digest = web_digest();
+    let mut cell = Cell::new("172.20.0.185-172.20.0.189");
+    let (a, b) = ("op-all-a", "op-all-b");
+    let _pa = Project::new(a);
+    let _pb = Project::new(b);
+    cell.store
+        .add(a, manifest(a, "1.0", &digest), &template("touch /ok"));
+    cell.store
+        .add(b, manifest(b, "1.0", &digest), &template("touch /ok"));
+    ok(&cell.run(&["install", a]));
+    ok(&cell.run(&["install", b]));
+    cell.store.add(
+        a,
+        manifest(a, "2.0", &digest),
+        &template("touch /ok; echo two"),
+    );
+    let out = ok(&cell.run(&["update", "--all"]));
+    assert!(
+        out.contains(&format!("updated {a} from 1.0 to 2.0")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{b} is already at version 1.0")),
+        "{out}"
+    );
+    let state = cell.state();
+    assert_eq!(state["services"][a]["manifest"]["version"], json!("2.0"));
+    assert_eq!(state["services"][b]["manifest"]["version"], json!("1.0"));
+    let cmd = inspect(&format!("pt-{a}"), "{{json .Config.Cmd}}");
+    assert!(cmd.contains("echo two"), "{cmd}");
+    ok(&cell.run(&["remove", a]));
+    ok(&cell.run(&["remove", b]));
+}

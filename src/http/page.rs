@@ -222,6 +222,9 @@ fn installed(b: &mut String, state: &State, csrf: &str) {
             r#"<p class="muted">Nothing installed yet; pick a service from the store below.</p>"#,
         );
     }
+    if !state.services.is_empty() {
+        b.push_str(&button("/ui/update-all", csrf, "Update all", "secondary"));
+    }
     let conns: Vec<&String> = state.connections.keys().collect();
     for (id, s) in &state.services {
         let m = &s.manifest;

@@ -73,6 +73,7 @@ static ROUTES: &[Route] = &[
     route("POST", "/ui/services/*/stop", Form(|a, _| operate(a, ops::Action::Stop))),
     route("POST", "/ui/services/*/restart", Form(|a, _| operate(a, ops::Action::Restart))),
     route("POST", "/ui/services/*/configure", Form(configure)),
+    route("POST", "/ui/update-all", Form(|_, _| Ok(Command::UpdateAll))),
     // The JSON API.
     route("GET", "/api/status", Read(api::status)),
     route("GET", "/api/services", Read(api::services)),
@@ -97,6 +98,7 @@ static ROUTES: &[Route] = &[
     route("POST", "/api/services/*/stop", Api(|_, a, _| operate(a, ops::Action::Stop))),
     route("POST", "/api/services/*/restart", Api(|_, a, _| operate(a, ops::Action::Restart))),
     route("POST", "/api/services/*/configure", Api(|_, a, f| configure(a, f))),
+    route("POST", "/api/update-all", Api(|_, _, _| Ok(Command::UpdateAll))),
 ];
 
 /// The id in a path's first `*`.

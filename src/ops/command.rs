@@ -64,6 +64,8 @@ pub enum Command {
         id: ServiceId,
         settings: BTreeMap<String, String>,
     },
+    /// Update every installed service with an update, each on its own.
+    UpdateAll,
 }
 
 /// Whether a remove also deletes the service's data.
@@ -114,6 +116,8 @@ pub enum Outcome {
         action: super::Action,
     },
     Configured(ServiceId),
+    /// Each service's update, or why it failed.
+    UpdateAll(Vec<(String, std::result::Result<UpdateOutcome, String>)>),
 }
 
 impl Command {
@@ -143,6 +147,7 @@ impl Command {
             Command::Reapply => "reapply".to_string(),
             Command::Reconcile => "check the network against the state".to_string(),
             Command::Operate { id, action } => format!("{} {id}", action.verb()),
+            Command::UpdateAll => "update every service".to_string(),
             Command::Configure { id, settings } => {
                 // Names only: a value may be a secret.
                 let names: Vec<&str> = settings.keys().map(String::as_str).collect();
@@ -213,6 +218,7 @@ impl Command {
                 super::configure(ctx, id, settings, wait)?;
                 Outcome::Configured(id.clone())
             }
+            Command::UpdateAll => Outcome::UpdateAll(update_all(ctx, wait)?),
         })
     }
 }
@@ -230,6 +236,23 @@ fn listed_or_installed(ctx: &Ctx, id: &ServiceId) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Every installed service, in `requires` order, updated on its own: one
+/// failure does not stop the others (spec §8).
+fn update_all(
+    ctx: &mut Ctx,
+    wait: Duration,
+) -> Result<Vec<(String, std::result::Result<UpdateOutcome, String>)>> {
+    let state = crate::state::StateStore::new(&ctx.config.state_dir).read()?;
+    let mut all = Vec::new();
+    for id in super::reapply::start_order(&state) {
+        let r = ServiceId::parse(&id)
+            .and_then(|sid| super::update(ctx, &sid, wait))
+            .map_err(|e| e.to_string());
+        all.push((id, r));
+    }
+    Ok(all)
 }
 
 /// Returns whether there was anything to put back.
@@ -269,6 +292,16 @@ impl Outcome {
             Outcome::Reconcile { reconciled } => json!({"reconciled": reconciled}),
             Outcome::Operated { id, action } => json!({"id": id, action.done(): true}),
             Outcome::Configured(id) => json!({"id": id, "configured": true}),
+            Outcome::UpdateAll(all) => {
+                let each: Vec<Value> = all
+                    .iter()
+                    .map(|(id, r)| match r {
+                        Ok(o) => to_json(o),
+                        Err(e) => json!({"id": id, "updated": false, "error": e}),
+                    })
+                    .collect();
+                json!({"services": each})
+            }
         }
     }
 
@@ -331,6 +364,21 @@ impl Outcome {
             Outcome::Reconcile { .. } => one("nothing to reconcile".into()),
             Outcome::Operated { id, action } => one(format!("{id} {}", action.done())),
             Outcome::Configured(id) => one(format!("{id} configured")),
+            Outcome::UpdateAll(all) => {
+                let mut lines = Vec::new();
+                let mut errors = Vec::new();
+                for (id, r) in all {
+                    match r {
+                        Ok(o) if o.updated => lines.push(format!(
+                            "updated {id} from {} to {}",
+                            o.from_version, o.to_version
+                        )),
+                        Ok(o) => lines.push(format!("{id} is already at version {}", o.to_version)),
+                        Err(e) => errors.push(format!("{id}: update failed: {e}")),
+                    }
+                }
+                (lines, errors)
+            }
         }
     }
 
@@ -338,6 +386,7 @@ impl Outcome {
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Reapply(r) if r.failed > 0 => 1,
+            Outcome::UpdateAll(all) if all.iter().any(|(_, r)| r.is_err()) => 1,
             _ => 0,
         }
     }
