@@ -33,6 +33,7 @@ Usage:
   pic-store peer list [--json]
   pic-store egress set SERVICE CONNECTION
   pic-store egress clear SERVICE
+  pic-store settings [NAME=VALUE...]   show or change image_verification_mode
   pic-store validate PATH...           check manifests or service folders
   pic-store status [--json]            version, counts, store and tools
   pic-store config                     effective configuration
@@ -175,6 +176,13 @@ fn dispatch(config: &Config, cmd: &str, rest: &[&str]) -> Result<i32> {
             _ => Err(Error::Usage("peer takes route, unroute or list".into())),
         },
         "egress" => Err(Error::Usage("egress takes set or clear".into())),
+        "settings" => {
+            // With NAME=VALUE words it is a command (above).
+            let state = StateStore::new(&config.state_dir).read()?;
+            let mode = state.settings.image_verification_mode;
+            println!("image_verification_mode={}", ops::mode_name(mode));
+            Ok(0)
+        }
         "serve" => {
             Words::parse(cmd, rest, &[])?.exactly(cmd, &[])?;
             crate::http::serve(config)
@@ -219,6 +227,7 @@ fn parse_command(cmd: &str, rest: &[&str]) -> Result<Option<(Command, Print)>> {
                 settings: parse_settings(settings)?,
             }
         }
+        ("settings", [_, ..]) => settings_command(rest)?,
         ("update", ["--all"]) => Command::UpdateAll,
         ("update", args) => Command::Update(one_id(cmd, args)?),
         ("remove", args) => {
@@ -291,6 +300,25 @@ fn parse_command(cmd: &str, rest: &[&str]) -> Result<Option<(Command, Print)>> {
         _ => return Ok(None),
     };
     Ok(Some((command, Print::Text)))
+}
+
+/// `settings NAME=VALUE...`: the settings of spec §4 (only
+/// `image_verification_mode` so far).
+fn settings_command(words: &[&str]) -> Result<Command> {
+    let mut mode = None;
+    for (name, value) in parse_settings(words)? {
+        match name.as_str() {
+            "image_verification_mode" => mode = Some(ops::parse_mode(&value)?),
+            other => {
+                return Err(Error::Usage(format!(
+                    "{:?} is not a setting (image_verification_mode is)",
+                    crate::ids::truncate(other, 40)
+                )))
+            }
+        }
+    }
+    mode.map(Command::Settings)
+        .ok_or_else(|| Error::Usage("settings takes [NAME=VALUE...]".into()))
 }
 
 /// `start`, `stop` or `restart` of a service (spec §13).

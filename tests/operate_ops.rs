@@ -541,3 +541,26 @@ fn update_all_updates_a_bumped_service_and_leaves_the_others() {
     ok(&cell.run(&["remove", a]));
     ok(&cell.run(&["remove", b]));
 }
+
+#[test]
+fn settings_are_shown_and_changed_from_the_cli() {
+    let dir = TempDir::with_prefix("pic-op-settings");
+    let out = ok(&pic(&dir, &[], &["settings"]));
+    assert_eq!(out.trim(), "image_verification_mode=warn");
+    ok(&pic(
+        &dir,
+        &[],
+        &["settings", "image_verification_mode=enforce"],
+    ));
+    let out = ok(&pic(&dir, &[], &["settings"]));
+    assert_eq!(out.trim(), "image_verification_mode=enforce");
+    let state: Value =
+        serde_json::from_slice(&fs::read(dir.state_dir().join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["settings"]["image_verification_mode"], "enforce");
+    let bad = pic(&dir, &[], &["settings", "image_verification_mode=strict"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", show(&bad));
+    let bad = pic(&dir, &[], &["settings", "colour=blue"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", show(&bad));
+    let out = ok(&pic(&dir, &[], &["settings"]));
+    assert_eq!(out.trim(), "image_verification_mode=enforce");
+}
