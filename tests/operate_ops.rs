@@ -564,3 +564,42 @@ fn settings_are_shown_and_changed_from_the_cli() {
     let out = ok(&pic(&dir, &[], &["settings"]));
     assert_eq!(out.trim(), "image_verification_mode=enforce");
 }
+
+#[test]
+fn an_instanceable_service_update_recreates_its_instances_with_the_new_image() {
+    if !require_rig() {
+        return;
+    }
+    let v1 = web_digest();
+    let v2 = image("web", "2", &["httpd", "-f", "-p", "8080"]);
+    let mut cell = Cell::new("172.20.0.180-172.20.0.184");
+    let (id, conn) = ("op-px", "opc1");
+    let instance = Project::new(&format!("{id}-{conn}"));
+    let _service = Project::new(id);
+    let proxy = |version: &str, image: String| {
+        json!({
+            "id": id, "name": "Proxy", "version": version, "author": "tests",
+            "kind": "connectivity", "instanceable": true, "connectivity": {"mode": "redirect"},
+            "image": image, "container_name": id, "cap_add": ["NET_ADMIN"],
+            "env": [{"name": "UPSTREAM", "value": "none"}]
+        })
+    };
+    cell.store
+        .add(id, proxy("1", image_ref("web", "1", &v1)), PROXY_TEMPLATE);
+    ok(&cell.run(&["install", id]));
+    ok(&cell.run(&["connection", "add", id, conn]));
+    let name = compose_project_containers(&instance.0)
+        .pop()
+        .expect("the instance's container");
+    assert!(inspect(&name, "{{.Config.Image}}").contains("web:1"));
+
+    cell.store
+        .add(id, proxy("2", image_ref("web", "2", &v2)), PROXY_TEMPLATE);
+    let out = ok(&cell.run(&["update", id]));
+    assert!(out.contains("from 1 to 2"), "{out}");
+    let image = inspect(&name, "{{.Config.Image}}");
+    assert!(image.contains("web:2"), "the instance still runs {image}");
+    assert_eq!(inspect(&name, "{{.State.Running}}"), "true");
+    ok(&cell.run(&["connection", "remove", conn]));
+    ok(&cell.run(&["remove", id]));
+}

@@ -707,6 +707,8 @@ pub(super) fn update_checked(
         )?;
         if m.instanceable {
             files::remove_file_if_exists(&new_file)?;
+            let left = super::connection::rerender_instances(ctx, &next, id.as_str());
+            warnings.extend(left);
         } else {
             files::rename(&new_file, &project.file)?;
         }
