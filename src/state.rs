@@ -119,6 +119,16 @@ impl Serialize for Secret {
     }
 }
 
+/// A pending update's or configure's old compose file: it holds the
+/// settings' values, so only the state file itself carries it.
+fn shown_doc(doc: Option<serde_json::Value>) -> Option<serde_json::Value> {
+    if WRITING_STATE.with(std::cell::Cell::get) {
+        doc
+    } else {
+        doc.map(|_| serde_json::Value::String("kept in the state file".into()))
+    }
+}
+
 /// The state file's bytes, secrets included.
 fn state_bytes(state: &State) -> serde_json::Result<Vec<u8>> {
     WRITING_STATE.with(|w| w.set(true));
@@ -273,7 +283,7 @@ impl From<Pending> for PendingRecord {
             PendingOp::Remove { purge } => (OpName::Remove, serde_json::json!({"purge": purge})),
             PendingOp::Update { old_doc } => (
                 OpName::Update,
-                serde_json::json!({"project": project, "old_doc": old_doc}),
+                serde_json::json!({"project": project, "old_doc": shown_doc(old_doc)}),
             ),
             PendingOp::ConnectionCreate {
                 service,
@@ -288,7 +298,7 @@ impl From<Pending> for PendingRecord {
             ),
             PendingOp::Configure { old_doc } => (
                 OpName::Configure,
-                serde_json::json!({"project": project, "old_doc": old_doc}),
+                serde_json::json!({"project": project, "old_doc": shown_doc(old_doc)}),
             ),
         };
         PendingRecord {
@@ -573,9 +583,20 @@ mod tests {
             let p = state.pending.clone().unwrap();
             assert_eq!(p.op, op, "{record}");
             assert_eq!((p.started_at, p.pid), (1700000000, 42));
-            let written = serde_json::to_value(&state).unwrap();
+            // The state file round-trips it whole.
+            let written: serde_json::Value =
+                serde_json::from_slice(&state_bytes(&state).unwrap()).unwrap();
             let want: serde_json::Value = serde_json::from_str(record).unwrap();
             assert_eq!(written["pending"], want, "{record}");
+            // Anywhere else (`GET /api/status`) an old compose file, which
+            // holds the settings' values, is not shown.
+            let shown = serde_json::to_value(&state).unwrap();
+            if !want["detail"]["old_doc"].is_null() {
+                assert_eq!(
+                    shown["pending"]["detail"]["old_doc"],
+                    "kept in the state file"
+                );
+            }
         }
         // A record without its detail (an older or damaged file) still loads.
         let bare = r#"{"schema": 1, "pending": {"op": "update", "target": "x",

@@ -614,6 +614,41 @@ mod tests {
     }
 
     #[test]
+    fn the_settings_form_has_every_kind_and_never_a_secret() {
+        let mut m = crate::net::tests::manifest("app");
+        m.settings = serde_json::from_value(serde_json::json!([
+            {"name": "GREETING", "label": "Greeting <b>", "type": "string", "default": "hi"},
+            {"name": "PASSWORD", "label": "Password", "type": "secret", "required": true},
+            {"name": "SIZE", "label": "Size", "type": "choice", "choices": ["s", "m"]},
+            {"name": "FAST", "label": "Fast", "type": "boolean"},
+            {"name": "PORT", "label": "Port", "type": "number"},
+        ]))
+        .unwrap();
+        let mut rec: InstalledService = serde_json::from_value(serde_json::json!({
+            "manifest": serde_json::to_value(&m).unwrap(),
+            "ip": null, "installed_at": 1, "image_digest": null
+        }))
+        .unwrap();
+        rec.settings.insert("SIZE".into(), "m".into());
+        rec.secrets.insert(
+            "PASSWORD".into(),
+            crate::state::Secret("hunter2secret".into()),
+        );
+        let mut b = String::new();
+        settings_form(&mut b, "/ui/services/app/configure", &rec, "tok");
+        assert!(!b.contains("hunter2secret"), "{b}");
+        assert!(
+            b.contains(r#"<input type="password" name="PASSWORD" value="""#),
+            "{b}"
+        );
+        assert!(b.contains("Password *"), "the required mark: {b}");
+        assert!(b.contains("<option selected>m</option>"), "{b}");
+        assert!(b.contains(r#"name="GREETING" value="hi""#), "{b}");
+        assert!(b.contains(r#"type="number""#) && b.contains(r#"name="FAST""#));
+        assert!(b.contains("Greeting &lt;b&gt;"), "labels are escaped: {b}");
+    }
+
+    #[test]
     fn layout_refreshes_only_when_asked() {
         assert!(layout("t", "", "", true).contains("http-equiv=\"refresh\""));
         assert!(!layout("t", "", "", false).contains("refresh"));
