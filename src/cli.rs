@@ -18,9 +18,13 @@ Usage:
   pic-store serve                      HTTP API and admin page
   pic-store reapply [--dry-run]        make the system match the state file
   pic-store list [--json]              available and installed services
-  pic-store install ID                 install a service from the store
-  pic-store update ID                  update an installed service
-  pic-store remove ID [--purge]        remove a service (--purge: and its data)
+  pic-store install ID [NAME=VALUE...] install a service from the store
+  pic-store configure ID NAME=VALUE... change a service's settings
+  pic-store update ID | --all          update an installed service, or every one
+  pic-store remove ID [--purge] [--force]
+                                       remove a service (--purge: and its data;
+                                       --force: by label when compose down fails)
+  pic-store start|stop|restart ID      start, stop or restart a service
   pic-store connection add SERVICE NAME [KEY=VALUE...]
   pic-store connection remove NAME
   pic-store connection list [--json]
@@ -29,6 +33,7 @@ Usage:
   pic-store peer list [--json]
   pic-store egress set SERVICE CONNECTION
   pic-store egress clear SERVICE
+  pic-store settings [NAME=VALUE...]   show or change image_verification_mode
   pic-store validate PATH...           check manifests or service folders
   pic-store status [--json]            version, counts, store and tools
   pic-store logs ID [--tail N] [--service NAME]
@@ -174,6 +179,13 @@ fn dispatch(config: &Config, cmd: &str, rest: &[&str]) -> Result<i32> {
         },
         "egress" => Err(Error::Usage("egress takes set or clear".into())),
         "logs" => logs(config, rest),
+        "settings" => {
+            // With NAME=VALUE words it is a command (above).
+            let state = StateStore::new(&config.state_dir).read()?;
+            let mode = state.settings.image_verification_mode;
+            println!("image_verification_mode={}", ops::mode_name(mode));
+            Ok(0)
+        }
         "serve" => {
             Words::parse(cmd, rest, &[])?.exactly(cmd, &[])?;
             crate::http::serve(config)
@@ -198,14 +210,36 @@ fn parse_command(cmd: &str, rest: &[&str]) -> Result<Option<(Command, Print)>> {
         ServiceId::parse(w.positional[0])
     };
     let command = match (cmd, rest) {
-        ("install", args) => Command::Install(one_id(cmd, args)?),
+        ("install", args) => {
+            let w = Words::parse(cmd, args, &[])?;
+            let [id, settings @ ..] = w.positional.as_slice() else {
+                return Err(Error::Usage("install takes ID [NAME=VALUE...]".into()));
+            };
+            Command::Install {
+                id: ServiceId::parse(id)?,
+                settings: parse_settings(settings)?,
+            }
+        }
+        ("configure", args) => {
+            let w = Words::parse(cmd, args, &[])?;
+            let [id, settings @ ..] = w.positional.as_slice() else {
+                return Err(Error::Usage("configure takes ID NAME=VALUE...".into()));
+            };
+            Command::Configure {
+                id: ServiceId::parse(id)?,
+                settings: parse_settings(settings)?,
+            }
+        }
+        ("settings", [_, ..]) => settings_command(rest)?,
+        ("update", ["--all"]) => Command::UpdateAll,
         ("update", args) => Command::Update(one_id(cmd, args)?),
         ("remove", args) => {
-            let w = Words::parse(cmd, args, &["--purge"])?;
+            let w = Words::parse(cmd, args, &["--purge", "--force"])?;
             w.exactly(cmd, &["ID"])?;
             Command::Remove {
                 id: ServiceId::parse(w.positional[0])?,
                 purge: Purge::from_flag(w.has("--purge")),
+                force: w.has("--force"),
             }
         }
         ("reapply", args) => {
@@ -265,9 +299,39 @@ fn parse_command(cmd: &str, rest: &[&str]) -> Result<Option<(Command, Print)>> {
             w.exactly("egress clear", &["SERVICE"])?;
             Command::EgressClear(ServiceId::parse(w.positional[0])?)
         }
+        ("start" | "stop" | "restart", args) => operate_command(cmd, one_id(cmd, args)?),
         _ => return Ok(None),
     };
     Ok(Some((command, Print::Text)))
+}
+
+/// `settings NAME=VALUE...`: the settings of spec §4 (only
+/// `image_verification_mode` so far).
+fn settings_command(words: &[&str]) -> Result<Command> {
+    let mut mode = None;
+    for (name, value) in parse_settings(words)? {
+        match name.as_str() {
+            "image_verification_mode" => mode = Some(ops::parse_mode(&value)?),
+            other => {
+                return Err(Error::Usage(format!(
+                    "{:?} is not a setting (image_verification_mode is)",
+                    crate::ids::truncate(other, 40)
+                )))
+            }
+        }
+    }
+    mode.map(Command::Settings)
+        .ok_or_else(|| Error::Usage("settings takes [NAME=VALUE...]".into()))
+}
+
+/// `start`, `stop` or `restart` of a service (spec §13).
+fn operate_command(cmd: &str, id: ServiceId) -> Command {
+    let action = match cmd {
+        "start" => ops::Action::Start,
+        "stop" => ops::Action::Stop,
+        _ => ops::Action::Restart,
+    };
+    Command::Operate { id, action }
 }
 
 /// Runs a command with the real host, printing its outcome.

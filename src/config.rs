@@ -142,6 +142,12 @@ pub struct Config {
     pub direct_subnets: Vec<Ipv4Subnet>,
     /// How many compose projects `reapply` brings up at once (1–16).
     pub parallel: usize,
+    /// How long an install, update, configure or start waits for its
+    /// containers to be healthy (`PIC_HEALTH_TIMEOUT`, spec §13).
+    pub health_timeout: std::time::Duration,
+    /// MiB the docker root and the state folder keep free after a pull
+    /// (`PIC_MIN_FREE_MB`, spec §13).
+    pub min_free_mb: u64,
 }
 
 /// The subnet of the cell network; the pool must lie inside it.
@@ -216,6 +222,12 @@ impl Config {
         let direct_subnets = parse_subnets("PIC_DIRECT_SUBNETS", &var("PIC_DIRECT_SUBNETS", ""))?;
         let parallel = parse_parallel(&var("PIC_PARALLEL", "4"))?;
 
+        let health_timeout = std::time::Duration::from_secs(parse_count(
+            "PIC_HEALTH_TIMEOUT",
+            &var("PIC_HEALTH_TIMEOUT", "300"),
+        )?);
+        let min_free_mb = parse_count("PIC_MIN_FREE_MB", &var("PIC_MIN_FREE_MB", "1024"))?;
+
         Ok(Config {
             index_url,
             state_dir,
@@ -240,6 +252,8 @@ impl Config {
             host_mount_roots,
             direct_subnets,
             parallel,
+            health_timeout,
+            min_free_mb,
         })
     }
 
@@ -284,6 +298,11 @@ impl Config {
                     .join(","),
             ),
             ("PIC_PARALLEL", self.parallel.to_string()),
+            (
+                "PIC_HEALTH_TIMEOUT",
+                self.health_timeout.as_secs().to_string(),
+            ),
+            ("PIC_MIN_FREE_MB", self.min_free_mb.to_string()),
         ]
     }
 
@@ -367,6 +386,13 @@ fn absolute_path(var: &'static str, v: &str) -> Result<PathBuf> {
         return Err(config_err(var, "contains a newline or NUL"));
     }
     Ok(p.to_path_buf())
+}
+
+/// A whole number (`PIC_HEALTH_TIMEOUT`, `PIC_MIN_FREE_MB`).
+fn parse_count(var: &'static str, v: &str) -> Result<u64> {
+    v.trim()
+        .parse::<u64>()
+        .map_err(|_| config_err(var, format!("{v:?} is not a whole number")))
 }
 
 /// The default of `PIC_HOST_MOUNT_ROOTS` (spec §2).
@@ -591,6 +617,24 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn health_timeout_and_free_space_default_and_parse() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.health_timeout, std::time::Duration::from_secs(300));
+        assert_eq!(c.min_free_mb, 1024);
+        let c = cfg(&[("PIC_HEALTH_TIMEOUT", "5"), ("PIC_MIN_FREE_MB", "0")]).unwrap();
+        assert_eq!(c.health_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(c.min_free_mb, 0);
+        assert_eq!(
+            err_var(cfg(&[("PIC_HEALTH_TIMEOUT", "5s")])),
+            "PIC_HEALTH_TIMEOUT"
+        );
+        assert_eq!(
+            err_var(cfg(&[("PIC_MIN_FREE_MB", "-1")])),
+            "PIC_MIN_FREE_MB"
+        );
     }
 
     fn err_var(r: Result<Config>) -> &'static str {

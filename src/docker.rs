@@ -256,6 +256,39 @@ pub fn remove_project_by_label(host: &dyn Host, config: &Config, project: &str) 
     Ok(())
 }
 
+/// A forced remove (spec §8): each of the project's containers
+/// (`docker rm -f -v`) and networks removed by label, one by one; returns
+/// what could not be removed, and why.
+pub fn force_remove_project(host: &dyn Host, config: &Config, project: &str) -> Vec<String> {
+    let label = format!("label=com.docker.compose.project={project}");
+    let mut left = Vec::new();
+    let kinds: [(&str, &[&str], &[&str]); 2] = [
+        ("container", &["ps", "-aq", "--filter"], &["rm", "-f", "-v"]),
+        (
+            "network",
+            &["network", "ls", "-q", "--filter"],
+            &["network", "rm"],
+        ),
+    ];
+    for (kind, list, rm) in kinds {
+        let ids = match host.run(&docker(config).args(list.iter().copied()).arg(&label)) {
+            Ok(out) => out.stdout,
+            Err(e) => {
+                left.push(format!(
+                    "the {kind}s of {project} (listing them failed: {e})"
+                ));
+                continue;
+            }
+        };
+        for id in ids.split_whitespace() {
+            if let Err(e) = host.run(&docker(config).args(rm.iter().copied()).arg(id)) {
+                left.push(format!("{kind} {id}: {e}"));
+            }
+        }
+    }
+    left
+}
+
 /// The state (`running`, `exited`, ...) of every container of every
 /// compose project, by project, in one call.
 pub fn project_states(

@@ -5,8 +5,6 @@
 pub mod cli;
 pub mod compose;
 pub mod config;
-// Used by the operations of spec §13 as they land.
-#[allow(dead_code)]
 mod disk;
 mod docker;
 pub mod error;
@@ -18,7 +16,6 @@ pub mod manifest;
 pub mod net;
 pub mod ops;
 mod report;
-#[allow(dead_code)]
 mod runtime;
 pub mod state;
 pub mod store;

@@ -323,8 +323,8 @@ pub fn forget_inventory() {
 
 /// Whether the owner stopped this service (spec §13 "stop"). The one place
 /// the service record's flag is read.
-pub fn owner_stopped(_service: &crate::state::InstalledService) -> bool {
-    false
+pub fn owner_stopped(service: &crate::state::InstalledService) -> bool {
+    service.stopped
 }
 
 /// The runtime of every installed service and connection instance, by id.

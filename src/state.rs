@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,71 @@ pub struct InstalledService {
     /// The compose template, kept for instanceable services.
     #[serde(default)]
     pub template: Option<String>,
+    /// Its owner stopped it: reapply and boot leave it down (spec §13).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
+    /// The values of its settings that are not secrets (spec §6 rule 15).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
+    /// The values of its secret settings.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+impl InstalledService {
+    /// Every setting's value, secrets included, to render the template.
+    pub fn setting_values(&self) -> BTreeMap<String, String> {
+        let mut all = self.settings.clone();
+        for (k, v) in &self.secrets {
+            all.insert(k.clone(), v.0.clone());
+        }
+        all
+    }
+}
+
+/// A secret setting's value (spec §13). It serialises as `"set"` except
+/// while the state file itself is written, so no API answer, page or log
+/// line made from a record can carry it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(set)")
+    }
+}
+
+thread_local! {
+    static WRITING_STATE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if WRITING_STATE.with(std::cell::Cell::get) {
+            s.serialize_str(&self.0)
+        } else {
+            s.serialize_str("set")
+        }
+    }
+}
+
+/// A pending update's or configure's old compose file: it holds the
+/// settings' values, so only the state file itself carries it.
+fn shown_doc(doc: Option<serde_json::Value>) -> Option<serde_json::Value> {
+    if WRITING_STATE.with(std::cell::Cell::get) {
+        doc
+    } else {
+        doc.map(|_| serde_json::Value::String("kept in the state file".into()))
+    }
+}
+
+/// The state file's bytes, secrets included.
+fn state_bytes(state: &State) -> serde_json::Result<Vec<u8>> {
+    WRITING_STATE.with(|w| w.set(true));
+    let bytes = serde_json::to_vec_pretty(state);
+    WRITING_STATE.with(|w| w.set(false));
+    bytes
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +188,8 @@ pub enum PendingOp {
     },
     /// Finished.
     ConnectionDelete { service: Option<String> },
+    /// Rolled back to the compose file as it was before (spec §13).
+    Configure { old_doc: Option<serde_json::Value> },
 }
 
 impl std::fmt::Display for PendingOp {
@@ -133,6 +200,7 @@ impl std::fmt::Display for PendingOp {
             PendingOp::Update { .. } => "Update",
             PendingOp::ConnectionCreate { .. } => "ConnectionCreate",
             PendingOp::ConnectionDelete { .. } => "ConnectionDelete",
+            PendingOp::Configure { .. } => "Configure",
         })
     }
 }
@@ -168,6 +236,7 @@ enum OpName {
     Update,
     ConnectionCreate,
     ConnectionDelete,
+    Configure,
 }
 
 impl From<PendingRecord> for Pending {
@@ -190,6 +259,9 @@ impl From<PendingRecord> for Pending {
                 made_data_dir: flag("made_data_dir"),
             },
             OpName::ConnectionDelete => PendingOp::ConnectionDelete { service },
+            OpName::Configure => PendingOp::Configure {
+                old_doc: d.get("old_doc").filter(|v| !v.is_null()).cloned(),
+            },
         };
         Pending {
             op,
@@ -211,7 +283,7 @@ impl From<Pending> for PendingRecord {
             PendingOp::Remove { purge } => (OpName::Remove, serde_json::json!({"purge": purge})),
             PendingOp::Update { old_doc } => (
                 OpName::Update,
-                serde_json::json!({"project": project, "old_doc": old_doc}),
+                serde_json::json!({"project": project, "old_doc": shown_doc(old_doc)}),
             ),
             PendingOp::ConnectionCreate {
                 service,
@@ -223,6 +295,10 @@ impl From<Pending> for PendingRecord {
             PendingOp::ConnectionDelete { service } => (
                 OpName::ConnectionDelete,
                 serde_json::json!({"service": service}),
+            ),
+            PendingOp::Configure { old_doc } => (
+                OpName::Configure,
+                serde_json::json!({"project": project, "old_doc": shown_doc(old_doc)}),
             ),
         };
         PendingRecord {
@@ -292,6 +368,9 @@ impl StateStore {
     /// has to wait; past `wait` it is [`Error::Busy`].
     pub fn lock(&self, wait: Duration) -> Result<StateLock> {
         files::create_dir_all(&self.dir)?;
+        // It holds the settings' secrets: only its owner may list or enter.
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("restrict", &self.dir, e))?;
         let path = self.lock_path();
         let mut file = OpenOptions::new()
             .read(true)
@@ -407,7 +486,7 @@ impl StateLock {
     /// file exists. A failure leaves the old `state.json` in place.
     pub fn commit(&self, state: &State) -> Result<()> {
         let file = self.store.file();
-        let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| {
+        let mut bytes = state_bytes(state).map_err(|e| {
             Error::io(
                 "serialise",
                 &file,
@@ -504,9 +583,20 @@ mod tests {
             let p = state.pending.clone().unwrap();
             assert_eq!(p.op, op, "{record}");
             assert_eq!((p.started_at, p.pid), (1700000000, 42));
-            let written = serde_json::to_value(&state).unwrap();
+            // The state file round-trips it whole.
+            let written: serde_json::Value =
+                serde_json::from_slice(&state_bytes(&state).unwrap()).unwrap();
             let want: serde_json::Value = serde_json::from_str(record).unwrap();
             assert_eq!(written["pending"], want, "{record}");
+            // Anywhere else (`GET /api/status`) an old compose file, which
+            // holds the settings' values, is not shown.
+            let shown = serde_json::to_value(&state).unwrap();
+            if !want["detail"]["old_doc"].is_null() {
+                assert_eq!(
+                    shown["pending"]["detail"]["old_doc"],
+                    "kept in the state file"
+                );
+            }
         }
         // A record without its detail (an older or damaged file) still loads.
         let bare = r#"{"schema": 1, "pending": {"op": "update", "target": "x",
@@ -528,6 +618,41 @@ mod tests {
     fn missing_file_is_an_empty_state() {
         let s = store("missing");
         assert_eq!(s.read().unwrap(), State::default());
+    }
+
+    #[test]
+    fn the_state_folder_is_0700_its_file_0600_and_secrets_stay_in_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let s = store("modes");
+        std::fs::create_dir_all(s.dir()).unwrap();
+        std::fs::set_permissions(s.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let lock = s.lock(Duration::from_secs(1)).unwrap();
+        let mut st = State::default();
+        let mut rec: InstalledService = serde_json::from_value(serde_json::json!({
+            "manifest": serde_json::to_value(crate::net::tests::manifest("app")).unwrap(),
+            "ip": null, "installed_at": 1, "image_digest": null
+        }))
+        .unwrap();
+        assert!(!rec.stopped && rec.settings.is_empty(), "old records load");
+        rec.secrets
+            .insert("PASSWORD".into(), Secret("hunter2xyz".into()));
+        st.services.insert("app".into(), rec);
+        lock.commit(&st).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(s.dir()), 0o700);
+        assert_eq!(mode(&s.file()), 0o600);
+        let text = std::fs::read_to_string(s.file()).unwrap();
+        assert!(
+            text.contains("hunter2xyz"),
+            "the state file keeps the secret"
+        );
+        assert_eq!(lock.load().unwrap(), st);
+        let shown = serde_json::to_string(&st.services["app"]).unwrap();
+        assert!(
+            !shown.contains("hunter2xyz") && shown.contains("\"set\""),
+            "{shown}"
+        );
+        let _ = std::fs::remove_dir_all(s.dir());
     }
 
     #[test]

@@ -232,7 +232,9 @@ fn usage_errors_exit_2_and_refusals_exit_1() {
         (vec!["frobnicate"], 2),
         (vec!["install"], 2),
         (vec!["install", "a", "b"], 2),
-        (vec!["remove", "x", "--force"], 2),
+        // `--force` is a flag of remove now (spec §8); an unknown one is not.
+        (vec!["remove", "x", "--forcefully"], 2),
+        (vec!["update", "--all", "x"], 2),
         (vec!["peer", "route", "10.0.0.1"], 2),
         (vec!["install", "../../etc"], 1),
         (vec!["peer", "unroute", "10.0.0.300"], 1),

@@ -42,6 +42,8 @@ const VARIABLES: &[&str] = &[
     "PIC_LOG",
     "PIC_DIRECT_SUBNETS",
     "PIC_PARALLEL",
+    "PIC_HEALTH_TIMEOUT",
+    "PIC_MIN_FREE_MB",
 ];
 
 /// Variables the image sets (uncommented in `/etc/default/pic-store`): none,

@@ -152,6 +152,9 @@ fn shape(m: &manifest::ValidManifest, config: &Config) -> (usize, usize, usize, 
             installed_at: 0,
             image_digest: None,
             template: None,
+            stopped: false,
+            settings: Default::default(),
+            secrets: Default::default(),
         },
     );
     let fw: String = net::firewall::plan(&state, "eth0")

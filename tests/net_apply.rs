@@ -213,6 +213,9 @@ fn add_service(
             installed_at: 1,
             image_digest: None,
             template: None,
+            stopped: false,
+            settings: Default::default(),
+            secrets: Default::default(),
         },
     );
 }
@@ -230,6 +233,9 @@ fn add_connection(st: &mut State, id: &str, service: &str, mode: ConnectivityMod
             installed_at: 1,
             image_digest: None,
             template: None,
+            stopped: false,
+            settings: Default::default(),
+            secrets: Default::default(),
         },
     );
     st.connections.insert(

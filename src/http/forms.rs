@@ -201,6 +201,43 @@ pub fn settings(fields: &Map<String, Value>) -> Result<Command> {
     Ok(Command::Settings(crate::ops::parse_mode(mode)?))
 }
 
+/// The settings' values of an install or configure (spec §13): the JSON
+/// API's `{"settings": {"NAME": "VALUE"}}`, or a form's `NAME=VALUE`
+/// fields (setting names are upper case; the form's own fields are not).
+pub fn setting_values(fields: &Map<String, Value>) -> Result<BTreeMap<String, String>> {
+    let bad = |why: String| Error::invalid("settings", vec![why]);
+    let mut out = BTreeMap::new();
+    if let Some(v) = fields.get("settings") {
+        let Some(obj) = v.as_object() else {
+            return Err(bad("must be an object of NAME: VALUE".into()));
+        };
+        for (k, v) in obj {
+            let value = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => {
+                    return Err(bad(format!(
+                        "{}: must be a string",
+                        crate::ids::truncate(k, 64)
+                    )))
+                }
+            };
+            out.insert(k.clone(), value);
+        }
+        return Ok(out);
+    }
+    for (k, v) in fields {
+        let setting_like = k.starts_with(|c: char| c.is_ascii_uppercase())
+            && k.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if let (true, Some(s)) = (setting_like, v.as_str()) {
+            out.insert(k.clone(), s.to_string());
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use super::App;
 use crate::error::Result;
 use crate::manifest::VerificationMode;
 use crate::ops::{mode_name, Command};
-use crate::state::State;
+use crate::state::{InstalledService, State};
 use crate::store::Index;
 use serde_json::{Map, Value};
 
@@ -235,6 +235,9 @@ fn installed(b: &mut String, state: &State, csrf: &str, op: &Operate) {
             r#"<p class="muted">Nothing installed yet; pick a service from the store below.</p>"#,
         );
     }
+    if !state.services.is_empty() {
+        b.push_str(&button("/ui/update-all", csrf, "Update all", "secondary"));
+    }
     let conns: Vec<&String> = state.connections.keys().collect();
     for (id, s) in &state.services {
         let m = &s.manifest;
@@ -267,13 +270,99 @@ fn installed(b: &mut String, state: &State, csrf: &str, op: &Operate) {
             esc(id),
             csrf_field(csrf)
         );
+        if !m.instanceable {
+            operate_buttons(b, id, s.stopped, csrf);
+        }
         b.push_str("</div>");
+        if !m.instanceable && !m.settings.is_empty() {
+            settings_form(b, &format!("/ui/services/{id}/configure"), s, csrf);
+        }
         if !m.instanceable {
             egress_form(b, id, state.egress.get(id), &conns, csrf);
         }
         b.push_str("</div>");
     }
     b.push_str("</section>");
+}
+
+/// A form of the manifest's settings (spec §13): labels, types, choices
+/// as a select, required marks; a secret is a password field shown empty
+/// (left empty, it keeps or generates its value).
+fn settings_form(b: &mut String, action: &str, rec: &InstalledService, csrf: &str) {
+    use crate::manifest::SettingType;
+    let _ = write!(
+        b,
+        r#"<form method="post" action="{}" class="settings">{}"#,
+        esc(action),
+        csrf_field(csrf)
+    );
+    for st in &rec.manifest.settings {
+        let name = esc(&st.name);
+        let mark = if st.required { " *" } else { "" };
+        let _ = write!(b, r#"<label>{}{mark} "#, esc(&st.label));
+        let current = rec.settings.get(&st.name).or(st.default.as_ref());
+        let value = esc(current.map(String::as_str).unwrap_or(""));
+        match st.kind {
+            SettingType::Secret => {
+                let _ = write!(
+                    b,
+                    r#"<input type="password" name="{name}" value="" placeholder="unchanged" autocomplete="new-password">"#
+                );
+            }
+            SettingType::Choice => {
+                let _ = write!(b, r#"<select name="{name}">"#);
+                for c in &st.choices {
+                    let sel = if Some(c) == current { " selected" } else { "" };
+                    let _ = write!(b, r#"<option{sel}>{}</option>"#, esc(c));
+                }
+                b.push_str("</select>");
+            }
+            SettingType::Boolean => {
+                let _ = write!(b, r#"<select name="{name}">"#);
+                for c in ["true", "false"] {
+                    let sel = if current.map(String::as_str) == Some(c) {
+                        " selected"
+                    } else {
+                        ""
+                    };
+                    let _ = write!(b, r#"<option{sel}>{c}</option>"#);
+                }
+                b.push_str("</select>");
+            }
+            SettingType::Number => {
+                let _ = write!(
+                    b,
+                    r#"<input type="number" step="any" name="{name}" value="{value}">"#
+                );
+            }
+            SettingType::String => {
+                let _ = write!(b, r#"<input type="text" name="{name}" value="{value}">"#);
+            }
+        }
+        b.push_str("</label>");
+    }
+    b.push_str(r#"<button class="secondary">Save settings</button></form>"#);
+}
+
+/// Start (when its owner stopped it) or stop, and restart (spec §13).
+fn operate_buttons(b: &mut String, id: &str, stopped: bool, csrf: &str) {
+    let (verb, label) = if stopped {
+        ("start", "Start")
+    } else {
+        ("stop", "Stop")
+    };
+    b.push_str(&button(
+        &format!("/ui/services/{id}/{verb}"),
+        csrf,
+        label,
+        "secondary",
+    ));
+    b.push_str(&button(
+        &format!("/ui/services/{id}/restart"),
+        csrf,
+        "Restart",
+        "secondary",
+    ));
 }
 
 fn egress_form(b: &mut String, id: &str, current: Option<&String>, conns: &[&String], csrf: &str) {
@@ -680,6 +769,41 @@ mod tests {
             "&lt;script&gt;alert(&quot;x&quot; &amp; &#39;y&#39;)&lt;/script&gt;"
         );
         assert_eq!(esc("plain é"), "plain é");
+    }
+
+    #[test]
+    fn the_settings_form_has_every_kind_and_never_a_secret() {
+        let mut m = crate::net::tests::manifest("app");
+        m.settings = serde_json::from_value(serde_json::json!([
+            {"name": "GREETING", "label": "Greeting <b>", "type": "string", "default": "hi"},
+            {"name": "PASSWORD", "label": "Password", "type": "secret", "required": true},
+            {"name": "SIZE", "label": "Size", "type": "choice", "choices": ["s", "m"]},
+            {"name": "FAST", "label": "Fast", "type": "boolean"},
+            {"name": "PORT", "label": "Port", "type": "number"},
+        ]))
+        .unwrap();
+        let mut rec: InstalledService = serde_json::from_value(serde_json::json!({
+            "manifest": serde_json::to_value(&m).unwrap(),
+            "ip": null, "installed_at": 1, "image_digest": null
+        }))
+        .unwrap();
+        rec.settings.insert("SIZE".into(), "m".into());
+        rec.secrets.insert(
+            "PASSWORD".into(),
+            crate::state::Secret("hunter2secret".into()),
+        );
+        let mut b = String::new();
+        settings_form(&mut b, "/ui/services/app/configure", &rec, "tok");
+        assert!(!b.contains("hunter2secret"), "{b}");
+        assert!(
+            b.contains(r#"<input type="password" name="PASSWORD" value="""#),
+            "{b}"
+        );
+        assert!(b.contains("Password *"), "the required mark: {b}");
+        assert!(b.contains("<option selected>m</option>"), "{b}");
+        assert!(b.contains(r#"name="GREETING" value="hi""#), "{b}");
+        assert!(b.contains(r#"type="number""#) && b.contains(r#"name="FAST""#));
+        assert!(b.contains("Greeting &lt;b&gt;"), "labels are escaped: {b}");
     }
 
     #[test]

@@ -60,9 +60,9 @@ static ROUTES: &[Route] = &[
     route("GET", "/login", Page(auth::login_get)),
     route("POST", "/login", Page(auth::login_post)),
     route("POST", "/logout", Page(auth::logout)),
-    route("POST", "/ui/services/*/install", Form(|a, _| Ok(Command::Install(id(a)?)))),
+    route("POST", "/ui/services/*/install", Form(install)),
     route("POST", "/ui/services/*/update", Form(|a, _| Ok(Command::Update(id(a)?)))),
-    route("POST", "/ui/services/*/remove", Form(|a, f| remove(a, forms::flag(f, "purge")))),
+    route("POST", "/ui/services/*/remove", Form(|a, f| remove(a, forms::flag(f, "purge"), forms::flag(f, "force")))),
     route("POST", "/ui/connections", Form(|_, f| forms::connection_add(f))),
     route("POST", "/ui/connections/*/delete", Form(|a, _| Ok(Command::ConnectionRemove(id(a)?)))),
     route("POST", "/ui/peers", Form(|_, f| peer_route(forms::text(f, "peer")?, f))),
@@ -71,6 +71,11 @@ static ROUTES: &[Route] = &[
     route("POST", "/ui/egress/*/clear", Form(|a, _| Ok(Command::EgressClear(id(a)?)))),
     route("POST", "/ui/settings", Form(|_, f| forms::settings(f))),
     route("POST", "/ui/reapply", Form(|_, _| Ok(Command::Reapply))),
+    route("POST", "/ui/services/*/start", Form(|a, _| operate(a, ops::Action::Start))),
+    route("POST", "/ui/services/*/stop", Form(|a, _| operate(a, ops::Action::Stop))),
+    route("POST", "/ui/services/*/restart", Form(|a, _| operate(a, ops::Action::Restart))),
+    route("POST", "/ui/services/*/configure", Form(configure)),
+    route("POST", "/ui/update-all", Form(|_, _| Ok(Command::UpdateAll))),
     // The JSON API.
     route("GET", "/api/status", Read(api::status)),
     route("GET", "/api/services", Read(api::services)),
@@ -80,9 +85,9 @@ static ROUTES: &[Route] = &[
     route("GET", "/api/connections/*", Read(api::connection)),
     route("GET", "/api/peers", Read(api::peers)),
     route("GET", "/api/settings", Read(api::settings)),
-    route("POST", "/api/services/*/install", Api(|_, a, _| Ok(Command::Install(id(a)?)))),
+    route("POST", "/api/services/*/install", Api(|_, a, f| install(a, f))),
     route("POST", "/api/services/*/update", Api(|_, a, _| Ok(Command::Update(id(a)?)))),
-    route("POST", "/api/services/*/remove", Api(|r, a, f| remove(a, api_purge(r, f)))),
+    route("POST", "/api/services/*/remove", Api(|r, a, f| remove(a, api_purge(r, f), forms::flag(f, "force")))),
     route("PUT", "/api/services/*/egress", Api(|_, a, f| egress_set(a[0], f))),
     route("DELETE", "/api/services/*/egress", Api(|_, a, _| Ok(Command::EgressClear(id(a)?)))),
     route("POST", "/api/connections", Api(|_, _, f| forms::connection_add(f))),
@@ -91,6 +96,11 @@ static ROUTES: &[Route] = &[
     route("DELETE", "/api/peers/*/route", Api(|_, a, _| Ok(Command::PeerUnroute(peer(a)?)))),
     route("PUT", "/api/settings", Api(|_, _, f| forms::settings(f))),
     route("POST", "/api/reapply", Api(|_, _, _| Ok(Command::Reapply))),
+    route("POST", "/api/services/*/start", Api(|_, a, _| operate(a, ops::Action::Start))),
+    route("POST", "/api/services/*/stop", Api(|_, a, _| operate(a, ops::Action::Stop))),
+    route("POST", "/api/services/*/restart", Api(|_, a, _| operate(a, ops::Action::Restart))),
+    route("POST", "/api/services/*/configure", Api(|_, a, f| configure(a, f))),
+    route("POST", "/api/update-all", Api(|_, _, _| Ok(Command::UpdateAll))),
     // Logs (spec §13): reads, on the page and the API.
     route("GET", "/services/*/logs", Page(page::service_logs)),
     route("GET", "/connections/*/logs", Page(page::connection_logs)),
@@ -108,10 +118,32 @@ fn peer(args: &[&str]) -> Result<Peer> {
     Peer::parse(args.first().copied().unwrap_or(""))
 }
 
-fn remove(args: &[&str], purge: bool) -> Result<Command> {
+fn remove(args: &[&str], purge: bool, force: bool) -> Result<Command> {
     Ok(Command::Remove {
         id: id(args)?,
         purge: ops::Purge::from_flag(purge),
+        force,
+    })
+}
+
+fn install(args: &[&str], fields: &Fields) -> Result<Command> {
+    Ok(Command::Install {
+        id: id(args)?,
+        settings: forms::setting_values(fields)?,
+    })
+}
+
+fn configure(args: &[&str], fields: &Fields) -> Result<Command> {
+    Ok(Command::Configure {
+        id: id(args)?,
+        settings: forms::setting_values(fields)?,
+    })
+}
+
+fn operate(args: &[&str], action: ops::Action) -> Result<Command> {
+    Ok(Command::Operate {
+        id: id(args)?,
+        action,
     })
 }
 

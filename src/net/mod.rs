@@ -273,6 +273,9 @@ pub(crate) mod tests {
             installed_at: 1,
             image_digest: None,
             template: None,
+            stopped: false,
+            settings: Default::default(),
+            secrets: Default::default(),
         }
     }
 

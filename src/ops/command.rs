@@ -18,11 +18,18 @@ use std::time::Duration;
 /// A change to the system, its arguments checked and ready to run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Install(ServiceId),
+    /// With the owner's setting values (spec §6 rule 15), checked against
+    /// the manifest by the operation.
+    Install {
+        id: ServiceId,
+        settings: BTreeMap<String, String>,
+    },
     Update(ServiceId),
     Remove {
         id: ServiceId,
         purge: Purge,
+        /// Remove by label when compose down fails (spec §8).
+        force: bool,
     },
     ConnectionAdd {
         service: ServiceId,
@@ -47,6 +54,18 @@ pub enum Command {
     /// At `serve` start: make firewall, routes and Caddy match the state (a
     /// process killed between applying and committing leaves them apart).
     Reconcile,
+    /// Start, stop or restart an installed service (spec §13).
+    Operate {
+        id: ServiceId,
+        action: super::Action,
+    },
+    /// New values for an installed service's settings (spec §13).
+    Configure {
+        id: ServiceId,
+        settings: BTreeMap<String, String>,
+    },
+    /// Update every installed service with an update, each on its own.
+    UpdateAll,
 }
 
 /// Whether a remove also deletes the service's data.
@@ -92,17 +111,25 @@ pub enum Outcome {
     Reconcile {
         reconciled: bool,
     },
+    Operated {
+        id: ServiceId,
+        action: super::Action,
+    },
+    Configured(ServiceId),
+    /// Each service's update, or why it failed.
+    UpdateAll(Vec<(String, std::result::Result<UpdateOutcome, String>)>),
 }
 
 impl Command {
     /// What the job page and the log call it.
     pub fn title(&self) -> String {
         match self {
-            Command::Install(id) => format!("install {id}"),
+            Command::Install { id, .. } => format!("install {id}"),
             Command::Update(id) => format!("update {id}"),
             Command::Remove {
                 id,
                 purge: Purge::DeleteData,
+                ..
             } => format!("remove {id} and its data"),
             Command::Remove { id, .. } => format!("remove {id}"),
             Command::ConnectionAdd { service, name, .. } => {
@@ -119,6 +146,13 @@ impl Command {
             Command::Settings(m) => format!("set image verification to {}", mode_name(*m)),
             Command::Reapply => "reapply".to_string(),
             Command::Reconcile => "check the network against the state".to_string(),
+            Command::Operate { id, action } => format!("{} {id}", action.verb()),
+            Command::UpdateAll => "update every service".to_string(),
+            Command::Configure { id, settings } => {
+                // Names only: a value may be a secret.
+                let names: Vec<&str> = settings.keys().map(String::as_str).collect();
+                format!("configure {id} ({})", names.join(", "))
+            }
         }
     }
 
@@ -126,12 +160,14 @@ impl Command {
     pub fn run(&self, ctx: &mut Ctx, wait: Duration) -> Result<Outcome> {
         self.tools_present(ctx)?;
         Ok(match self {
-            Command::Install(id) => {
+            Command::Install { id, settings } => {
                 listed_or_installed(ctx, id)?;
-                Outcome::Install(super::install(ctx, id, wait)?)
+                Outcome::Install(super::install(ctx, id, settings, wait)?)
             }
             Command::Update(id) => Outcome::Update(super::update(ctx, id, wait)?),
-            Command::Remove { id, purge } => Outcome::Remove(super::remove(ctx, id, *purge, wait)?),
+            Command::Remove { id, purge, force } => {
+                Outcome::Remove(super::remove_forcing(ctx, id, *purge, *force, wait)?)
+            }
             Command::ConnectionAdd { service, name, env } => Outcome::ConnectionAdd(
                 super::connection_add(ctx, service, name, env.clone(), wait)?,
             ),
@@ -172,6 +208,18 @@ impl Command {
             Command::Reconcile => Outcome::Reconcile {
                 reconciled: reconcile(ctx, wait)?,
             },
+            Command::Operate { id, action } => {
+                super::operate(ctx, id, *action, wait)?;
+                Outcome::Operated {
+                    id: id.clone(),
+                    action: *action,
+                }
+            }
+            Command::Configure { id, settings } => {
+                super::configure(ctx, id, settings, wait)?;
+                Outcome::Configured(id.clone())
+            }
+            Command::UpdateAll => Outcome::UpdateAll(update_all(ctx, wait)?),
         })
     }
 }
@@ -189,6 +237,23 @@ fn listed_or_installed(ctx: &Ctx, id: &ServiceId) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Every installed service, in `requires` order, updated on its own: one
+/// failure does not stop the others (spec §8).
+fn update_all(
+    ctx: &mut Ctx,
+    wait: Duration,
+) -> Result<Vec<(String, std::result::Result<UpdateOutcome, String>)>> {
+    let state = crate::state::StateStore::new(&ctx.config.state_dir).read()?;
+    let mut all = Vec::new();
+    for id in super::reapply::start_order(&state) {
+        let r = ServiceId::parse(&id)
+            .and_then(|sid| super::update(ctx, &sid, wait))
+            .map_err(|e| e.to_string());
+        all.push((id, r));
+    }
+    Ok(all)
 }
 
 /// Returns whether there was anything to put back.
@@ -226,6 +291,18 @@ impl Outcome {
             Outcome::Settings(mode) => json!({"image_verification_mode": mode}),
             Outcome::Reapply(r) => to_json(r),
             Outcome::Reconcile { reconciled } => json!({"reconciled": reconciled}),
+            Outcome::Operated { id, action } => json!({"id": id, action.done(): true}),
+            Outcome::Configured(id) => json!({"id": id, "configured": true}),
+            Outcome::UpdateAll(all) => {
+                let each: Vec<Value> = all
+                    .iter()
+                    .map(|(id, r)| match r {
+                        Ok(o) => to_json(o),
+                        Err(e) => json!({"id": id, "updated": false, "error": e}),
+                    })
+                    .collect();
+                json!({"services": each})
+            }
         }
     }
 
@@ -286,6 +363,23 @@ impl Outcome {
             }
             Outcome::Reconcile { reconciled: true } => one("network reconciled".into()),
             Outcome::Reconcile { .. } => one("nothing to reconcile".into()),
+            Outcome::Operated { id, action } => one(format!("{id} {}", action.done())),
+            Outcome::Configured(id) => one(format!("{id} configured")),
+            Outcome::UpdateAll(all) => {
+                let mut lines = Vec::new();
+                let mut errors = Vec::new();
+                for (id, r) in all {
+                    match r {
+                        Ok(o) if o.updated => lines.push(format!(
+                            "updated {id} from {} to {}",
+                            o.from_version, o.to_version
+                        )),
+                        Ok(o) => lines.push(format!("{id} is already at version {}", o.to_version)),
+                        Err(e) => errors.push(format!("{id}: update failed: {e}")),
+                    }
+                }
+                (lines, errors)
+            }
         }
     }
 
@@ -293,6 +387,7 @@ impl Outcome {
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Reapply(r) if r.failed > 0 => 1,
+            Outcome::UpdateAll(all) if all.iter().any(|(_, r)| r.is_err()) => 1,
             _ => 0,
         }
     }
@@ -392,6 +487,7 @@ mod tests {
         let remove = |purge| Command::Remove {
             id: id.clone(),
             purge,
+            force: false,
         };
         assert_eq!(remove(Purge::KeepData).title(), "remove radicale");
         assert_eq!(

@@ -93,7 +93,8 @@ pub fn connection_add(
         alloc.table,
         &env,
         ctx.config,
-    );
+    )
+    .with_settings(&m, &svc.setting_values());
     let rendered = compose::render(&template, &vars)?;
     let project = project::instance(ctx.config, service.as_str(), name.as_str());
     let cctx = CheckContext {
@@ -173,6 +174,7 @@ pub(super) fn create_checked(
         undo.push(Undo::Down(project.clone()));
         ctx.say(&format!("{name}: starting {container}"));
         step("docker compose up", project::up(ctx, &project))?;
+        project::wait_healthy(ctx, &project)?;
         let mut next = state.clone();
         next.connections.insert(name.to_string(), conn.clone());
         undo.push(Undo::Network(Box::new(state.clone())));
@@ -428,6 +430,75 @@ pub fn set_verification_mode(ctx: &mut Ctx, mode: VerificationMode, wait: Durati
     let mut next = session.state.clone();
     next.settings.image_verification_mode = mode;
     session.commit(next)
+}
+
+/// After an update of the instanceable `service` (its new manifest and
+/// template in `state`), re-renders each of its connection instances and
+/// brings it up with the new version, waiting for its health; one that
+/// fails is put back alone on its old compose file (spec §8). Returns a
+/// warning for each instance left on its old version.
+pub(super) fn rerender_instances(ctx: &mut Ctx, state: &State, service: &str) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let Some(svc) = state.services.get(service) else {
+        return warnings;
+    };
+    let Some(template) = svc.template.clone() else {
+        return warnings;
+    };
+    let values = svc.setting_values();
+    for (cid, conn) in state
+        .connections
+        .iter()
+        .filter(|(_, c)| c.service == service)
+    {
+        let project = project::instance(ctx.config, service, cid);
+        let r = (|| -> Result<()> {
+            let vars = Vars::for_instance(
+                &svc.manifest,
+                cid,
+                conn.ip,
+                conn.port,
+                conn.fwmark,
+                conn.table,
+                &conn.env,
+                ctx.config,
+            )
+            .with_settings(&svc.manifest, &values);
+            let rendered = compose::render(&template, &vars)?;
+            let cctx = CheckContext {
+                manifest: &svc.manifest,
+                config: ctx.config,
+                data_dir: vars.data_dir().to_path_buf(),
+                service_ip: conn.ip,
+                instance: Some(InstanceCtx {
+                    id: cid.clone(),
+                    redirect_port: conn.port,
+                }),
+            };
+            let doc = compose::prepare(ctx.host, ctx.config, &project.name, &rendered, &cctx)?;
+            let old = files::read_optional(&project.file)?;
+            compose::write_checked(ctx.config, &project.name, &doc)?;
+            ctx.say(&format!("{cid}: starting the new version of {service}"));
+            let up = project::up(ctx, &project).and_then(|()| project::wait_healthy(ctx, &project));
+            if let Err(e) = up {
+                if let Some(bytes) = old {
+                    let back = files::write_atomic(&project.file, &bytes, 0o600)
+                        .and_then(|()| project::up(ctx, &project));
+                    if let Err(u) = back {
+                        log::error!("{cid}: putting the old version back failed: {u}");
+                    }
+                }
+                return Err(e);
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            let w = format!("connection {cid} kept its old version: {e}");
+            ctx.say(&w);
+            warnings.push(w);
+        }
+    }
+    warnings
 }
 
 #[cfg(test)]

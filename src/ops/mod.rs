@@ -11,12 +11,14 @@ mod alloc;
 mod command;
 mod connection;
 mod logs;
+mod operate;
 mod parallel;
 mod project;
 mod reapply;
 mod service;
 mod settle;
 mod txn;
+mod values;
 
 #[cfg(test)]
 mod tests;
@@ -28,9 +30,12 @@ pub(crate) use connection::{
     set_verification_mode,
 };
 pub(crate) use logs::{logs, parse_tail, LogsOf};
+pub(crate) use operate::{operate, Action};
 pub(crate) use reapply::{dry_run, reapply, DryRun};
 pub(crate) use service::prepare_doc;
-pub(crate) use service::{install, remove, update};
+#[cfg(test)]
+use service::remove;
+pub(crate) use service::{configure, install, remove_forcing, update};
 pub(crate) use txn::Session;
 
 use crate::config::Config;

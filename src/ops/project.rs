@@ -159,3 +159,28 @@ pub(crate) fn logs_cmd(
         None => cmd,
     }
 }
+
+/// Waits up to `PIC_HEALTH_TIMEOUT` for every container of `project` to be
+/// running, and healthy where it has a healthcheck (spec §13).
+pub(crate) fn wait_healthy(ctx: &mut Ctx, project: &Project) -> Result<()> {
+    let host = ctx.host;
+    crate::runtime::wait_healthy(
+        host,
+        ctx.config,
+        &project.name,
+        ctx.config.health_timeout,
+        &mut *ctx.progress,
+    )
+}
+
+/// Refuses a pull that would leave the docker root or the state folder
+/// with less than `PIC_MIN_FREE_MB` free (spec §13). The images' sizes are
+/// not known before the pull, so they count as nothing.
+pub(crate) fn check_disk(ctx: &mut Ctx) -> Result<()> {
+    let root = crate::disk::docker_root(ctx.host, ctx.config)?;
+    for folder in [root.as_path(), ctx.config.state_dir.as_path()] {
+        let space = crate::disk::free(folder)?;
+        crate::disk::check(&space, 0, ctx.config.min_free_mb)?;
+    }
+    Ok(())
+}

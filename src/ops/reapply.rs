@@ -37,6 +37,25 @@ impl ReapplyReport {
     }
 }
 
+/// Every installed service after the ones it requires (level by level of
+/// the `requires` graph; ids sorted within a level).
+pub(crate) fn start_order(state: &State) -> Vec<String> {
+    let ids: Vec<&str> = state.services.keys().map(|id| id.as_str()).collect();
+    let requires = |id: &str| -> Vec<String> {
+        state.services[id]
+            .manifest
+            .requires
+            .iter()
+            .map(|r| r.to_string())
+            .collect()
+    };
+    parallel::levels(&ids, requires)
+        .into_iter()
+        .flatten()
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn reapply(ctx: &mut Ctx, wait: Duration) -> Result<ReapplyReport> {
     let (session, recovered) = Session::open_recovering(ctx, wait)?;
     let state = session.state.clone();
@@ -63,6 +82,13 @@ pub fn reapply(ctx: &mut Ctx, wait: Duration) -> Result<ReapplyReport> {
     record(ctx, format!("network {}", ctx.config.network), net);
 
     let inventory = Inventory::read(ctx);
+    for (id, _) in state.services.iter().filter(|(_, svc)| svc.stopped) {
+        record(
+            ctx,
+            format!("service {id}"),
+            Ok("left down: stopped by its owner".into()),
+        );
+    }
     for (what, level) in up_levels(ctx.config, &state) {
         for (up, r) in level.iter().zip(up_level(ctx, &inventory, &level)) {
             record(ctx, format!("{what} {}", up.id), r);
@@ -108,7 +134,7 @@ fn up_levels(config: &Config, state: &State) -> Vec<(&'static str, Vec<Up>)> {
     let ids: Vec<&str> = state
         .services
         .iter()
-        .filter(|(_, svc)| !svc.manifest.instanceable)
+        .filter(|(_, svc)| !svc.manifest.instanceable && !svc.stopped)
         .map(|(id, _)| id.as_str())
         .collect();
     let requires = |id: &str| -> Vec<String> {
@@ -287,7 +313,8 @@ pub fn dry_run(ctx: &mut Ctx) -> Result<DryRun> {
         images: None,
     };
     for (id, svc) in &state.services {
-        if svc.manifest.instanceable {
+        // A service its owner stopped is meant to be down.
+        if svc.manifest.instanceable || svc.stopped {
             continue;
         }
         let project = project::service(ctx.config, id);

@@ -16,6 +16,7 @@ use crate::ids::ServiceId;
 use crate::manifest::{self, Rules, ValidManifest, VerificationMode};
 use crate::state::{InstalledService, PendingOp, State};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
@@ -37,6 +38,9 @@ pub struct InstallOutcome {
 pub struct RemoveOutcome {
     pub id: String,
     pub purged: bool,
+    /// What a forced remove could not remove (spec §8).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_removed: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,6 +109,18 @@ pub(crate) fn prepare_doc(
     template: &str,
     ip: Option<Ipv4Addr>,
 ) -> Result<(String, serde_json::Value)> {
+    prepare_doc_with(host, config, m, template, ip, &BTreeMap::new())
+}
+
+/// [`prepare_doc`] with the settings' values (spec §6 rule 15).
+pub(crate) fn prepare_doc_with(
+    host: &dyn Host,
+    config: &Config,
+    m: &manifest::Manifest,
+    template: &str,
+    ip: Option<Ipv4Addr>,
+    values: &BTreeMap<String, String>,
+) -> Result<(String, serde_json::Value)> {
     let project = compose::project_name(m.id.as_str(), None);
     let (vars, ip, instance) = match ip {
         Some(ip) => (Vars::for_service(m, ip, config), ip, None),
@@ -128,6 +144,7 @@ pub(crate) fn prepare_doc(
             (vars, ip, Some(instance))
         }
     };
+    let vars = vars.with_settings(m, values);
     let rendered = compose::render(template, &vars)?;
     let cctx = CheckContext {
         manifest: m,
@@ -241,7 +258,12 @@ fn split_pin(image: &str) -> (&str, Option<&str>) {
     }
 }
 
-pub fn install(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<InstallOutcome> {
+pub fn install(
+    ctx: &mut Ctx,
+    id: &ServiceId,
+    given: &BTreeMap<String, String>,
+    wait: Duration,
+) -> Result<InstallOutcome> {
     let mut session = Session::open(ctx, wait)?;
     if let Some(rec) = session.state.services.get(id.as_str()) {
         return Ok(InstallOutcome {
@@ -256,6 +278,7 @@ pub fn install(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<InstallO
     let state = session.state.clone();
     let (m, warnings) = fetch_manifest(ctx, &state, id)?;
     check_requires(&state, &m)?;
+    let values = super::values::resolve(&m, given, &BTreeMap::new())?;
     let template = ctx.store.template(id)?;
     let ip = if m.instanceable {
         None
@@ -263,7 +286,7 @@ pub fn install(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<InstallO
         Some(step("allocate an address", allocate_ip(ctx, &state))?)
     };
     ctx.say(&format!("{id}: checking the compose template"));
-    let (_, doc) = prepare_doc(ctx.host, ctx.config, &m, &template, ip)?;
+    let (_, doc) = prepare_doc_with(ctx.host, ctx.config, &m, &template, ip, &values)?;
     install_checked(
         ctx,
         &mut session,
@@ -273,6 +296,7 @@ pub fn install(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<InstallO
             ip,
             doc,
             warnings,
+            values,
         },
     )
 }
@@ -285,6 +309,8 @@ pub(super) struct Checked {
     pub ip: Option<Ipv4Addr>,
     pub doc: serde_json::Value,
     pub warnings: Vec<String>,
+    /// The settings' values (spec §6 rule 15).
+    pub values: BTreeMap<String, String>,
 }
 
 /// The transaction of an install, once everything is checked: `pending`,
@@ -300,6 +326,7 @@ pub(super) fn install_checked(
         ip,
         doc,
         mut warnings,
+        values,
     } = c;
     let id = m.id.clone();
     let state = session.state.clone();
@@ -320,7 +347,13 @@ pub(super) fn install_checked(
         &mut undo,
         &mut warnings,
         &state,
-    );
+    )
+    .map(|mut next| {
+        if let Some(rec) = next.services.get_mut(id.as_str()) {
+            (rec.settings, rec.secrets) = super::values::split(&m, values);
+        }
+        next
+    });
     match result {
         Ok(next) => {
             session.finish(next)?;
@@ -371,6 +404,7 @@ fn install_steps(
         "write the compose file",
         compose::write_checked(ctx.config, &project.name, doc),
     )?;
+    step("check free space", project::check_disk(ctx))?;
     ctx.say(&format!("{id}: pulling {}", m.image));
     step("pull", project::pull(ctx, project))?;
     let mode = old.settings.image_verification_mode;
@@ -382,6 +416,7 @@ fn install_steps(
         undo.push(Undo::Down(project.clone()));
         ctx.say(&format!("{id}: starting"));
         step("docker compose up", project::up(ctx, project))?;
+        project::wait_healthy(ctx, project)?;
         if let Some(hook) = &m.provision_hook {
             ctx.say(&format!("{id}: running the provision hook"));
             let host = ctx.host;
@@ -406,7 +441,10 @@ fn install_steps(
             ip,
             installed_at: files::now_unix(),
             image_digest: digest,
-            template: m.instanceable.then(|| template.to_string()),
+            template: Some(template.to_string()),
+            stopped: false,
+            settings: Default::default(),
+            secrets: Default::default(),
         },
     );
     undo.push(Undo::Network(Box::new(old.clone())));
@@ -417,10 +455,23 @@ fn install_steps(
     Ok(next)
 }
 
+#[cfg(test)]
 pub fn remove(
     ctx: &mut Ctx,
     id: &ServiceId,
     purge: Purge,
+    wait: Duration,
+) -> Result<RemoveOutcome> {
+    remove_forcing(ctx, id, purge, false, wait)
+}
+
+/// A remove; with `force`, a failing compose down is replaced by removing
+/// the project's containers and networks by label (spec §8).
+pub fn remove_forcing(
+    ctx: &mut Ctx,
+    id: &ServiceId,
+    purge: Purge,
+    force: bool,
     wait: Duration,
 ) -> Result<RemoveOutcome> {
     let purge = purge == Purge::DeleteData;
@@ -455,13 +506,19 @@ pub fn remove(
         )));
     }
     session.begin(PendingOp::Remove { purge }, id.as_str())?;
-    match remove_steps(ctx, &state, id.as_str(), purge) {
+    let mut not_removed = Vec::new();
+    let forced = force.then_some(&mut not_removed);
+    match remove_steps_forcing(ctx, &state, id.as_str(), purge, forced) {
         Ok(next) => {
             session.finish(next)?;
             ctx.say(&format!("{id}: removed"));
+            for what in &not_removed {
+                ctx.say(&format!("{id}: could not remove {what}"));
+            }
             Ok(RemoveOutcome {
                 id: id.to_string(),
                 purged: purge,
+                not_removed,
             })
         }
         Err(e) => {
@@ -476,16 +533,39 @@ pub fn remove(
 /// The steps of a remove; each is idempotent, so a remove left by a dead
 /// process is finished by running them again.
 pub(crate) fn remove_steps(ctx: &mut Ctx, state: &State, id: &str, purge: bool) -> Result<State> {
+    remove_steps_forcing(ctx, state, id, purge, None)
+}
+
+/// [`remove_steps`]; with `forced`, a failing compose down is followed by
+/// removing what is left by label, and what could not be is listed there.
+fn remove_steps_forcing(
+    ctx: &mut Ctx,
+    state: &State,
+    id: &str,
+    purge: bool,
+    forced: Option<&mut Vec<String>>,
+) -> Result<State> {
     let project = project::service(ctx.config, id);
     let volumes = if purge {
         Volumes::Remove
     } else {
         Volumes::Keep
     };
-    step(
-        "docker compose down",
-        project::down(ctx.host, ctx.config, &project, volumes),
-    )?;
+    let down = project::down(ctx.host, ctx.config, &project, volumes);
+    match (down, forced) {
+        (Ok(()), _) => {}
+        (Err(e), Some(left)) => {
+            ctx.say(&format!(
+                "{id}: docker compose down failed ({e}); removing its containers and networks by label"
+            ));
+            left.extend(docker::force_remove_project(
+                ctx.host,
+                ctx.config,
+                &project.name,
+            ));
+        }
+        (Err(e), None) => return step("docker compose down", Err(e)),
+    }
     files::remove_file_if_exists(&project.file)?;
     if purge {
         step(
@@ -522,20 +602,35 @@ pub fn update(ctx: &mut Ctx, id: &ServiceId, wait: Duration) -> Result<UpdateOut
         });
     }
     check_requires(&state, &m)?;
+    // Kept values; a new setting takes its default or a generated value.
+    let values = super::values::resolve(&m, &BTreeMap::new(), &kept(&m, &old))?;
     let template = ctx.store.template(id)?;
     ctx.say(&format!(
         "{id}: checking the compose template of {}",
         m.version
     ));
-    let (_, doc) = prepare_doc(ctx.host, ctx.config, &m, &template, old.ip)?;
+    let (_, doc) = prepare_doc_with(ctx.host, ctx.config, &m, &template, old.ip, &values)?;
     let checked = Checked {
         m,
         template,
         ip: old.ip,
         doc,
         warnings,
+        values,
     };
     update_checked(ctx, &mut session, &old, checked)
+}
+
+/// The values an update keeps: those of settings the new version still
+/// has, of the same type.
+fn kept(m: &ValidManifest, old: &InstalledService) -> BTreeMap<String, String> {
+    let mut values = old.setting_values();
+    values.retain(|k, _| {
+        let was = old.manifest.settings.iter().find(|s| &s.name == k);
+        let now = m.settings.iter().find(|s| &s.name == k);
+        matches!((was, now), (Some(a), Some(b)) if a.kind == b.kind)
+    });
+    values
 }
 
 /// The transaction of an update, once everything is checked: the new
@@ -552,6 +647,7 @@ pub(super) fn update_checked(
         template,
         doc,
         mut warnings,
+        values,
         ..
     } = c;
     let id = m.id.clone();
@@ -572,6 +668,7 @@ pub(super) fn update_checked(
             "write the compose file",
             files::write_atomic(&new_file, &bytes, 0o600),
         )?;
+        step("check free space", project::check_disk(ctx))?;
         ctx.say(&format!("{id}: pulling {}", m.image));
         step("pull", project::pull(ctx, &new_project))?;
         let digest = verify_image(
@@ -586,8 +683,10 @@ pub(super) fn update_checked(
             }
             ctx.say(&format!("{id}: starting version {}", m.version));
             step("docker compose up", project::up(ctx, &new_project))?;
+            project::wait_healthy(ctx, &new_project)?;
         }
         let mut next = state.clone();
+        let (settings, secrets) = super::values::split(&m, values.clone());
         next.services.insert(
             id.to_string(),
             InstalledService {
@@ -595,7 +694,10 @@ pub(super) fn update_checked(
                 ip: old.ip,
                 installed_at: files::now_unix(),
                 image_digest: digest,
-                template: m.instanceable.then(|| template.clone()),
+                template: Some(template.clone()),
+                stopped: false,
+                settings,
+                secrets,
             },
         );
         undo.push(Undo::Network(Box::new(state.clone())));
@@ -605,6 +707,8 @@ pub(super) fn update_checked(
         )?;
         if m.instanceable {
             files::remove_file_if_exists(&new_file)?;
+            let left = super::connection::rerender_instances(ctx, &next, id.as_str());
+            warnings.extend(left);
         } else {
             files::rename(&new_file, &project.file)?;
         }
@@ -630,6 +734,85 @@ pub(super) fn update_checked(
                 "{id}: update failed, restoring {from_version}: {e}"
             ));
             undo_all(ctx, undo);
+            session.abandon()?;
+            Err(e)
+        }
+    }
+}
+
+/// New values for an installed service's settings (spec §13): re-render
+/// its template, bring it up and wait for its health; on a failure the old
+/// compose file (and so the old values) is brought back up.
+pub fn configure(
+    ctx: &mut Ctx,
+    id: &ServiceId,
+    given: &BTreeMap<String, String>,
+    wait: Duration,
+) -> Result<()> {
+    let mut session = Session::open(ctx, wait)?;
+    let state = session.state.clone();
+    let Some(old) = state.services.get(id.as_str()).cloned() else {
+        return Err(Error::NotFound(format!("{id} is not installed")));
+    };
+    if old.manifest.instanceable {
+        return Err(Error::Conflict(format!(
+            "{id} runs only as its connections' instances; configure those"
+        )));
+    }
+    let values = super::values::resolve(&old.manifest, given, &old.setting_values())?;
+    // Records from before the template was kept: the store's, which is
+    // that version's while the store has not moved on.
+    let template = match &old.template {
+        Some(t) => t.clone(),
+        None => ctx.store.template(id)?,
+    };
+    ctx.say(&format!("{id}: checking the compose template"));
+    let (_, doc) = prepare_doc_with(
+        ctx.host,
+        ctx.config,
+        &old.manifest,
+        &template,
+        old.ip,
+        &values,
+    )?;
+    let project = project::service(ctx.config, id.as_str());
+    let old_bytes = files::read_optional(&project.file)?;
+    let old_doc = old_bytes
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
+    session.begin(PendingOp::Configure { old_doc }, id.as_str())?;
+    let result = (|| -> Result<()> {
+        step(
+            "write the compose file",
+            compose::write_checked(ctx.config, &project.name, &doc),
+        )?;
+        ctx.say(&format!("{id}: starting with the new settings"));
+        step("docker compose up", project::up(ctx, &project))?;
+        project::wait_healthy(ctx, &project)
+    })();
+    match result {
+        Ok(()) => {
+            let mut next = state.clone();
+            if let Some(rec) = next.services.get_mut(id.as_str()) {
+                (rec.settings, rec.secrets) = super::values::split(&old.manifest, values);
+                rec.template = Some(template);
+                rec.stopped = false;
+            }
+            session.finish(next)?;
+            ctx.say(&format!("{id}: configured"));
+            Ok(())
+        }
+        Err(e) => {
+            ctx.say(&format!(
+                "{id}: configure failed, restoring the old settings: {e}"
+            ));
+            if let Some(bytes) = old_bytes {
+                let restored = files::write_atomic(&project.file, &bytes, 0o600)
+                    .and_then(|()| project::up(ctx, &project));
+                if let Err(u) = restored {
+                    log::error!("undo failed: {u}");
+                }
+            }
             session.abandon()?;
             Err(e)
         }

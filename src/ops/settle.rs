@@ -43,7 +43,7 @@ pub fn settle(ctx: &mut Ctx, state: &State, pending: &Pending) -> Result<State> 
                 log::error!("finishing the remove of {id} failed: {e}; it stays installed")
             }
         },
-        PendingOp::Update { old_doc } => {
+        PendingOp::Update { old_doc } | PendingOp::Configure { old_doc } => {
             let project = project::service(ctx.config, id);
             log_err(files::remove_file_if_exists(
                 &project::staged(ctx.config, id).file,

@@ -56,6 +56,8 @@ impl Cell {
             "PIC_IPTABLES_RESTORE" => Some("/fake/iptables-restore".into()),
             "PIC_IP" => Some("/fake/ip".into()),
             "PIC_COSIGN" => Some("/fake/cosign".into()),
+            "PIC_MIN_FREE_MB" => Some("0".into()),
+            "PIC_HEALTH_TIMEOUT" => Some("0".into()),
             _ => None,
         })
         .unwrap();
@@ -111,6 +113,46 @@ fn down(p: &crate::compose::Project, volumes: Volumes) -> String {
         ""
     };
     format!("{} --profile * down --remove-orphans{also}", compose(p))
+}
+
+/// The health wait's look at a project (spec §13).
+fn ps(project: &str) -> String {
+    format!(
+        "{DOCKER} ps -a --filter label=com.docker.compose.project={project} --format \
+         {{{{.Label \"com.docker.compose.project\"}}}}\t\
+         {{{{.Label \"com.docker.compose.service\"}}}}\t{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Status}}}}"
+    )
+}
+
+/// The health wait finding the project's one container healthy, or
+/// unhealthy (then its last log lines are read for the error).
+fn health(host: &FakeHost, project: &str, healthy: bool) {
+    let status = if healthy { "healthy" } else { "unhealthy" };
+    host.push(
+        &ps(project),
+        0,
+        &format!("{project}\tapp\t{project}-app\trunning\tUp 1 second ({status})\n"),
+        "",
+    );
+    if !healthy {
+        host.push(
+            &format!("{DOCKER} logs --tail 20 {project}-app"),
+            0,
+            "the last words\n",
+            "",
+        );
+    }
+}
+
+/// The free-space check: `docker info` names the docker root (its failure
+/// stands for any failure of the check).
+fn disk(host: &FakeHost, fails: bool) {
+    let line = format!("{DOCKER} info --format {{{{.DockerRootDir}}}}");
+    if fails {
+        fail(host, &line);
+    } else {
+        host.push(&line, 0, "/\n", "");
+    }
 }
 
 /// A project without its compose file goes by its label.
@@ -191,6 +233,9 @@ fn installed(m: Manifest) -> InstalledService {
         installed_at: 1,
         image_digest: Some(DIGEST.into()),
         template: None,
+        stopped: false,
+        settings: Default::default(),
+        secrets: Default::default(),
     }
 }
 
@@ -201,17 +246,21 @@ fn installed(m: Manifest) -> InstalledService {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InstallStep {
     Network,
+    Disk,
     Pull,
     ImageCheck,
     Up,
+    Health,
     Rules,
 }
 
-const INSTALL_STEPS: [InstallStep; 5] = [
+const INSTALL_STEPS: [InstallStep; 7] = [
     InstallStep::Network,
+    InstallStep::Disk,
     InstallStep::Pull,
     InstallStep::ImageCheck,
     InstallStep::Up,
+    InstallStep::Health,
     InstallStep::Rules,
 ];
 
@@ -231,6 +280,8 @@ fn install_calls(host: &FakeHost, p: &crate::compose::Project, step: InstallStep
                 fail(host, &inspect);
             }
         }
+        (InstallStep::Disk, fails) => disk(host, fails),
+        (InstallStep::Health, fails) => health(host, &p.name, !fails),
         (InstallStep::Pull, false) => ok(host, &format!("{} --profile * pull", compose(p))),
         (InstallStep::Pull, true) => fail(host, &format!("{} --profile * pull", compose(p))),
         (InstallStep::ImageCheck, fails) => {
@@ -262,6 +313,7 @@ fn install_web(cell: &Cell, host: &FakeHost) -> Result<InstallOutcome> {
             ip: Some(WEB_IP),
             doc: json!({"name": "pic-web", "services": {}}),
             warnings: Vec::new(),
+            values: Default::default(),
         };
         install_checked(ctx, &mut session, checked)
     })
@@ -279,16 +331,19 @@ fn install_undoes_exactly_the_steps_before_the_failing_one() {
         }
         install_calls(&host, &p, *failing, true);
         // The undo, in reverse: only of what was done.
-        if k > InstallStep::Up as usize {
+        if k > InstallStep::Health as usize {
             network(&host, false);
         }
-        if k > InstallStep::Pull as usize + 1 {
+        if k >= InstallStep::Up as usize {
             ok(&host, &down(&p, Volumes::Remove));
         }
         let err = install_web(&cell, &host).unwrap_err();
         drop(host); // every expected call was made
         let state = cell.state();
         assert!(state.services.is_empty(), "{failing:?}: {err}");
+        if *failing == InstallStep::Health {
+            assert!(err.to_string().contains("the last words"), "{err}");
+        }
         assert_eq!(state.pending, None, "{failing:?}");
         assert!(!p.file.exists(), "{failing:?}: compose file left");
         assert!(!data.exists(), "{failing:?}: data folder left");
@@ -396,6 +451,45 @@ fn a_failed_remove_keeps_the_record_and_stops_at_the_failing_step() {
     let state = cell.state();
     assert!(state.services.contains_key("web") && state.pending.is_none());
     assert!(project::data_dir(&cell.config, "web").exists());
+}
+
+/// A forced remove whose compose down fails removes by label what it
+/// can, drops the record and lists what it could not remove.
+#[test]
+fn a_forced_remove_goes_by_label_when_down_fails() {
+    let cell = cell_with_web("remove-force");
+    let p = project::service(&cell.config, "web");
+    let host = FakeHost::new();
+    let label = "label=com.docker.compose.project=pic-web";
+    fail(&host, &down(&p, Volumes::Keep));
+    host.push(
+        &format!("{DOCKER} ps -aq --filter {label}"),
+        0,
+        "c1\nc2\n",
+        "",
+    );
+    ok(&host, &format!("{DOCKER} rm -f -v c1"));
+    fail(&host, &format!("{DOCKER} rm -f -v c2"));
+    host.push(
+        &format!("{DOCKER} network ls -q --filter {label}"),
+        0,
+        "n1\n",
+        "",
+    );
+    ok(&host, &format!("{DOCKER} network rm n1"));
+    network(&host, false);
+    let id = ServiceId::parse("web").unwrap();
+    let out = cell
+        .run(&host, |ctx| {
+            remove_forcing(ctx, &id, Purge::KeepData, true, WAIT)
+        })
+        .unwrap();
+    drop(host);
+    assert_eq!(out.not_removed.len(), 1, "{:?}", out.not_removed);
+    assert!(out.not_removed[0].starts_with("container c2"));
+    let state = cell.state();
+    assert!(state.services.is_empty() && state.pending.is_none());
+    assert!(!p.file.exists());
 }
 
 #[test]
@@ -535,16 +629,20 @@ const DIGEST2: &str = "sha256:11111111111111111111111111111111111111111111111111
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum UpdateStep {
+    Disk,
     Pull,
     ImageCheck,
     Up,
+    Health,
     Rules,
 }
 
-const UPDATE_STEPS: [UpdateStep; 4] = [
+const UPDATE_STEPS: [UpdateStep; 6] = [
+    UpdateStep::Disk,
     UpdateStep::Pull,
     UpdateStep::ImageCheck,
     UpdateStep::Up,
+    UpdateStep::Health,
     UpdateStep::Rules,
 ];
 
@@ -561,6 +659,8 @@ fn update_calls(host: &FakeHost, staged: &crate::compose::Project, step: UpdateS
         }
     };
     match step {
+        UpdateStep::Disk => disk(host, fails),
+        UpdateStep::Health => health(host, &staged.name, !fails),
         UpdateStep::Pull => push(format!("{} --profile * pull", compose(staged))),
         UpdateStep::ImageCheck => {
             let digest = if fails { "sha256:0000" } else { DIGEST2 };
@@ -602,6 +702,7 @@ fn update_web(cell: &Cell, host: &FakeHost) -> Result<UpdateOutcome> {
             ip: old.ip,
             doc: json!({"new": true}),
             warnings: Vec::new(),
+            values: Default::default(),
         };
         update_checked(ctx, &mut session, &old, checked)
     })
@@ -622,7 +723,7 @@ fn update_restores_the_old_version_when_a_step_fails() {
             update_calls(&host, &staged, *step, false);
         }
         update_calls(&host, &staged, *failing, true);
-        if k > UpdateStep::Up as usize {
+        if k > UpdateStep::Health as usize {
             network(&host, false);
         }
         if k >= UpdateStep::Up as usize {
@@ -723,25 +824,31 @@ fn create_c1(cell: &Cell, host: &FakeHost) -> Result<ConnectionOutcome> {
 
 #[test]
 fn connection_create_undoes_exactly_the_steps_before_the_failing_one() {
-    for up_fails in [true, false] {
+    for failing in ["up", "health", "rules"] {
         let cell = cell_with_proxy("conn-new");
         let p = project::instance(&cell.config, "proxy", "c1");
         let data = crate::compose::data_dir(&cell.config, "proxy", Some("c1"));
         let host = FakeHost::new();
         let up = format!("{} up -d --remove-orphans --pull missing", compose(&p));
-        if up_fails {
-            fail(&host, &up);
-        } else {
-            ok(&host, &up);
-            network_failing(&host, true);
-            network(&host, false); // the undo: the rules without c1
+        match failing {
+            "up" => fail(&host, &up),
+            "health" => {
+                ok(&host, &up);
+                health(&host, &p.name, false);
+            }
+            _ => {
+                ok(&host, &up);
+                health(&host, &p.name, true);
+                network_failing(&host, true);
+                network(&host, false); // the undo: the rules without c1
+            }
         }
         ok(&host, &down(&p, Volumes::Remove));
         create_c1(&cell, &host).unwrap_err();
         drop(host);
         let state = cell.state();
         assert!(state.connections.is_empty() && state.pending.is_none());
-        assert!(!p.file.exists() && !data.exists(), "up_fails {up_fails}");
+        assert!(!p.file.exists() && !data.exists(), "{failing} fails");
     }
 }
 
@@ -754,6 +861,7 @@ fn connection_create_commits_after_every_step() {
         &host,
         &format!("{} up -d --remove-orphans --pull missing", compose(&p)),
     );
+    health(&host, &p.name, true);
     network(&host, true);
     let out = create_c1(&cell, &host).unwrap();
     drop(host);
