@@ -1,7 +1,7 @@
 //! The compose project's lifecycle: which project a service or a
 //! connection instance is (its name and file), and the one argv, with its
 //! time limit, of each compose subcommand pic-store runs on it (`up`,
-//! `down`, `pull`; `config` is the checker's, in `compose.rs`).
+//! `down`, `pull`; `config` is the checker's, in `compose/run.rs`).
 
 use super::Ctx;
 use crate::compose::{self, Project};
