@@ -37,18 +37,21 @@ impl ReapplyReport {
     }
 }
 
+/// The ids an installed service requires.
+fn requires_of(state: &State, id: &str) -> Vec<String> {
+    state.services[id]
+        .manifest
+        .requires
+        .iter()
+        .map(|r| r.to_string())
+        .collect()
+}
+
 /// Every installed service after the ones it requires (level by level of
 /// the `requires` graph; ids sorted within a level).
 pub(crate) fn start_order(state: &State) -> Vec<String> {
     let ids: Vec<&str> = state.services.keys().map(|id| id.as_str()).collect();
-    let requires = |id: &str| -> Vec<String> {
-        state.services[id]
-            .manifest
-            .requires
-            .iter()
-            .map(|r| r.to_string())
-            .collect()
-    };
+    let requires = |id: &str| requires_of(state, id);
     parallel::levels(&ids, requires)
         .into_iter()
         .flatten()
@@ -137,14 +140,7 @@ fn up_levels(config: &Config, state: &State) -> Vec<(&'static str, Vec<Up>)> {
         .filter(|(_, svc)| !svc.manifest.instanceable && !svc.stopped)
         .map(|(id, _)| id.as_str())
         .collect();
-    let requires = |id: &str| -> Vec<String> {
-        state.services[id]
-            .manifest
-            .requires
-            .iter()
-            .map(|r| r.to_string())
-            .collect()
-    };
+    let requires = |id: &str| requires_of(state, id);
     let mut out = Vec::new();
     for level in parallel::levels(&ids, requires) {
         let ups = level
