@@ -133,12 +133,6 @@ impl ValidManifest {
     pub fn get(&self) -> &Manifest {
         &self.0
     }
-
-    /// Re-wraps a manifest read back from the state file, which only ever
-    /// holds manifests that passed validation when they were installed.
-    pub fn from_state(m: Manifest) -> ValidManifest {
-        ValidManifest(m)
-    }
 }
 
 impl std::ops::Deref for ValidManifest {
