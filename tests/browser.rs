@@ -2,7 +2,9 @@
 //! serve` on the rig, driven by headless Chromium through
 //! `tests/browser/run.mjs` (playwright-core). The script logs in with the
 //! token URL, installs a service from the store list and follows its job
-//! page, installs the proxy, creates a connection, routes a peer, takes
+//! page, sees its runtime, logs view and update badge, changes a setting
+//! through its settings form (the secret shown only as an empty password
+//! field), installs the proxy, creates a connection, routes a peer, takes
 //! the screenshots and removes the service; this test then checks that
 //! the clicks reached the state file and the namespace's firewall.
 //!
@@ -93,16 +95,19 @@ fn web_manifest(id: &str, name: &str, digest: &str, description: &str) -> Value 
 
 fn store(dir: &TempDir, digest: &str) -> Store {
     let mut store = Store::new(dir);
-    store.add(
+    // The home page has install-time settings (a form on the page) and the
+    // store lists a newer version than the one it serves (the update badge).
+    let mut home = web_manifest(
         WEB,
-        web_manifest(
-            WEB,
-            "Home page",
-            digest,
-            "A static web page served by busybox httpd.",
-        ),
-        WEB_TEMPLATE,
+        "Home page",
+        digest,
+        "A static web page served by busybox httpd.",
     );
+    home["settings"] = json!([
+        {"name": "GREETING", "label": "Greeting", "type": "string", "default": "hello"},
+        {"name": "ADMIN_PASSWORD", "label": "Admin password", "type": "secret", "generate": 20}
+    ]);
+    store.add(WEB, home, WEB_TEMPLATE);
     // Listed only, never installed here: they make the store look like one.
     store.add(
         "bt-notes",
@@ -136,6 +141,16 @@ fn store(dir: &TempDir, digest: &str) -> Store {
         }),
         PROXY_TEMPLATE,
     );
+    // The index says 1.0.1 while the manifest is still 1.0.0: the page
+    // shows an update for the installed home page.
+    let index = std::fs::read_to_string(store.root().join("index.json")).expect("index.json");
+    let mut entries: Value = serde_json::from_str(&index).expect("index.json is JSON");
+    for e in entries.as_array_mut().expect("an index array") {
+        if e["id"] == json!(WEB) {
+            e["version"] = json!("1.0.1");
+        }
+    }
+    store.write("index.json", serde_json::to_vec_pretty(&entries).unwrap());
     store
 }
 

@@ -154,6 +154,21 @@ async function run(page, problems) {
     await backHome(page);
   });
 
+  await step(`see the update badge of ${WEB} and change its settings`, async () => {
+    await expectText(page.locator(`#svc-${WEB} .badge.update`), '1.0.1', `the update badge of ${WEB}`);
+    const form = page.locator(`#svc-${WEB} form.settings`);
+    await expectCount(form, 1, `the settings form of ${WEB}`);
+    const secret = form.locator('input[name="ADMIN_PASSWORD"]');
+    if ((await secret.getAttribute('type')) !== 'password') fail('the secret is not a password field');
+    if ((await secret.inputValue()) !== '') fail('the secret is shown in its field');
+    await form.locator('input[name="GREETING"]').fill('bonjour');
+    await form.getByRole('button', { name: 'Save settings' }).click();
+    await followJob(page, `configure ${WEB}`);
+    await backHome(page);
+    const greeting = await page.locator(`#svc-${WEB} form.settings input[name="GREETING"]`).inputValue();
+    if (greeting !== 'bonjour') fail(`the greeting after configure is ${JSON.stringify(greeting)}`);
+  });
+
   await step(`install ${PROXY}`, async () => {
     await page.locator(`#store-${PROXY} button`, { hasText: 'Install' }).click();
     await followJob(page, `install ${PROXY}`);
