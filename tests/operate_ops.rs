@@ -243,6 +243,26 @@ fn a_stopped_service_stays_down_through_reapply_and_start_and_restart_bring_it_b
     ok(&cell.run(&["restart", id]));
     assert_eq!(health(&container), "healthy");
     assert_ne!(inspect(&container, "{{.State.StartedAt}}"), before);
+
+    // The same three through the API, each answering its final result.
+    let serve = Serve::start(&cell);
+    let post = |verb: &str| serve.send("POST", &format!("/api/services/{id}/{verb}"), "{}");
+    let answer = post("stop");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(inspect(&container, "{{.State.Running}}"), "false");
+    assert_eq!(cell.state()["services"][id]["stopped"], json!(true));
+    let answer = post("start");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(health(&container), "healthy");
+    assert!(cell.state()["services"][id].get("stopped").is_none());
+    let before = inspect(&container, "{{.State.StartedAt}}");
+    let answer = post("restart");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(health(&container), "healthy");
+    assert_ne!(inspect(&container, "{{.State.StartedAt}}"), before);
+    let answer = serve.send("POST", "/api/services/op-none/stop", "{}");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    drop(serve);
     ok(&cell.run(&["remove", id]));
 }
 
