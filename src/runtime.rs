@@ -547,4 +547,38 @@ mod tests {
         assert!(v["runtime"]["services"].is_object(), "{v}");
         forget_inventory();
     }
+
+    /// The health wait looks once a second, one `docker ps` a look: three
+    /// looks (starting, starting, healthy) take at least two seconds and
+    /// exactly three calls (the fake refuses a fourth).
+    #[test]
+    fn the_health_wait_looks_once_a_second() {
+        let config = Config::from_lookup(|k| match k {
+            "PIC_STATE_DIR" => Some("/nonexistent/pic-runtime-test".into()),
+            _ => None,
+        })
+        .unwrap();
+        let starting = line(
+            "pic-h",
+            "web",
+            "pt-h",
+            "running",
+            "Up 1 second (health: starting)",
+        );
+        let healthy = line("pic-h", "web", "pt-h", "running", "Up 3 seconds (healthy)");
+        let host = crate::host::FakeHost::new()
+            .answer("", 0, &starting)
+            .answer("", 0, &starting)
+            .answer("", 0, &healthy);
+        let t0 = std::time::Instant::now();
+        let mut said = Vec::new();
+        wait_healthy(&host, &config, "pic-h", Duration::from_secs(30), &mut |l| {
+            said.push(l.to_string())
+        })
+        .unwrap();
+        assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert_eq!(host.calls().len(), 3);
+        assert!(host.calls()[0].contains(" ps -a --filter label=com.docker.compose.project=pic-h "));
+        assert_eq!(said, ["waiting for pt-h to be healthy"]);
+    }
 }
