@@ -227,6 +227,13 @@ fn a_stopped_service_stays_down_through_reapply_and_start_and_restart_bring_it_b
     assert!(out.contains("stopped"), "{out}");
     assert_eq!(inspect(&container, "{{.State.Running}}"), "false");
     assert_eq!(cell.state()["services"][id]["stopped"], json!(true));
+    // Shown as stopped (by its owner), not as a failure.
+    let status: Value = serde_json::from_str(&ok(&cell.run(&["status", "--json"]))).unwrap();
+    assert_eq!(
+        status["runtime"]["services"][id]["state"],
+        json!("stopped"),
+        "{status}"
+    );
     let out = ok(&cell.run(&["reapply"]));
     assert!(out.contains("stopped by its owner"), "{out}");
     assert_eq!(
