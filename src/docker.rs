@@ -289,31 +289,6 @@ pub fn force_remove_project(host: &dyn Host, config: &Config, project: &str) -> 
     left
 }
 
-/// The state (`running`, `exited`, ...) of every container of every
-/// compose project, by project, in one call.
-pub fn project_states(
-    host: &dyn Host,
-    config: &Config,
-) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
-    let out = host.run(&docker(config).args([
-        "ps",
-        "-a",
-        "--filter",
-        "label=com.docker.compose.project",
-        "--format",
-        "{{.Label \"com.docker.compose.project\"}}\t{{.State}}",
-    ]))?;
-    let mut map: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for line in out.stdout.lines() {
-        if let Some((project, state)) = line.split_once('\t') {
-            map.entry(project.to_string())
-                .or_default()
-                .push(state.trim().to_string());
-        }
-    }
-    Ok(map)
-}
-
 /// The local images as `(repository, tag, digest)`, in one call.
 pub fn local_images(host: &dyn Host, config: &Config) -> Result<Vec<(String, String, String)>> {
     let out = host.run(&docker(config).args([

@@ -28,6 +28,15 @@ pub enum RunState {
 }
 
 impl RunState {
+    /// The container is running (whatever its health): docker's state
+    /// word was `running` (or `paused`).
+    pub fn is_up(self) -> bool {
+        matches!(
+            self,
+            RunState::Running | RunState::Healthy | RunState::Starting | RunState::Unhealthy
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::Missing => "missing",

@@ -479,8 +479,10 @@ impl Lab {
              pic-other_default\t{OTHER_ID}\t<no value>\tpic-other\t172.22.0.0/24 \n"
         );
         // Every project's container runs, so reapply leaves them alone.
-        let ps = "pic-radicale\trunning\npic-files\trunning\n\
-                  pic-proxy-home-proxy\trunning\npic-wg-ext-office-vpn\trunning\n";
+        // (project, service, name, state, status: the one `docker ps` format)
+        let ps = "pic-radicale\tapp\tr\trunning\tUp\npic-files\tapp\tf\trunning\tUp\n\
+                  pic-proxy-home-proxy\tapp\tp\trunning\tUp\n\
+                  pic-wg-ext-office-vpn\tapp\tw\trunning\tUp\n";
         fs::write(self.dir.join("docker-ls"), ls).unwrap();
         fs::write(self.dir.join("docker-inspect"), inspect).unwrap();
         fs::write(self.dir.join("docker-ps"), ps).unwrap();

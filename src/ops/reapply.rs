@@ -195,14 +195,14 @@ fn up_level(ctx: &mut Ctx, inv: &Inventory, level: &[Up]) -> Vec<Result<String>>
 /// the local images. When it cannot be read, every project is brought up
 /// (compose itself then says what is wrong).
 struct Inventory {
-    projects: std::collections::BTreeMap<String, Vec<String>>,
+    projects: std::collections::BTreeMap<String, Vec<crate::runtime::ContainerRuntime>>,
     images: Option<Vec<(String, String, String)>>,
 }
 
 impl Inventory {
     fn read(ctx: &mut Ctx) -> Inventory {
         Inventory {
-            projects: docker::project_states(ctx.host, ctx.config).unwrap_or_default(),
+            projects: crate::runtime::inventory(ctx.host, ctx.config).unwrap_or_default(),
             images: docker::local_images(ctx.host, ctx.config).ok(),
         }
     }
@@ -211,7 +211,7 @@ impl Inventory {
     fn all_running(&self, project: &str) -> bool {
         self.projects
             .get(project)
-            .is_some_and(|s| !s.is_empty() && s.iter().all(|st| st == "running"))
+            .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c.state.is_up()))
     }
 }
 
@@ -305,7 +305,7 @@ pub fn dry_run(ctx: &mut Ctx) -> Result<DryRun> {
         ));
     }
     let inv = Inventory {
-        projects: docker::project_states(ctx.host, ctx.config)?,
+        projects: crate::runtime::inventory(ctx.host, ctx.config)?,
         images: None,
     };
     for (id, svc) in &state.services {
