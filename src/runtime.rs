@@ -100,19 +100,15 @@ pub fn inventory(
     host: &dyn Host,
     config: &Config,
 ) -> Result<BTreeMap<String, Vec<ContainerRuntime>>> {
-    let out = host.run(
-        &Cmd::new(&config.docker)
-            .timeout(Duration::from_secs(10))
-            .args([
-                "ps",
-                "-a",
-                "--filter",
-                "label=com.docker.compose.project",
-                "--format",
-                PS_FORMAT,
-            ]),
-    )?;
+    let out = host.run(&ps_cmd(config, "label=com.docker.compose.project"))?;
     Ok(parse_ps(&out.stdout))
+}
+
+/// `docker ps -a --filter FILTER --format PS_FORMAT`, bounded to 10 s.
+fn ps_cmd(config: &Config, filter: &str) -> Cmd {
+    Cmd::new(&config.docker)
+        .timeout(Duration::from_secs(10))
+        .args(["ps", "-a", "--filter", filter, "--format", PS_FORMAT])
 }
 
 /// Reads the lines of [`PS_FORMAT`]; lines of another shape are skipped.
@@ -207,13 +203,8 @@ pub fn judge(containers: &[ContainerRuntime]) -> Health {
 
 /// One project's containers, in one `docker ps -a`.
 pub fn project(host: &dyn Host, config: &Config, project: &str) -> Result<Vec<ContainerRuntime>> {
-    let out = host.run(
-        &Cmd::new(&config.docker)
-            .timeout(Duration::from_secs(30))
-            .args(["ps", "-a", "--filter"])
-            .arg(format!("label=com.docker.compose.project={project}"))
-            .args(["--format", PS_FORMAT]),
-    )?;
+    let filter = format!("label=com.docker.compose.project={project}");
+    let out = host.run(&ps_cmd(config, &filter))?;
     Ok(parse_ps(&out.stdout).remove(project).unwrap_or_default())
 }
 
