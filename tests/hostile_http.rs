@@ -59,11 +59,14 @@ fn start(dir: &TempDir) -> Serve {
 
 /// Sends raw bytes and reads whatever comes back (empty if the server
 /// closed the connection); write errors are expected for refused bodies.
+/// Sends `raw` and reads the answer to its end. The read waits up to a
+/// minute: a mutation queued behind a held lock answers only when the lock
+/// is released, and the lock tests hold it 20 s.
 fn send(addr: SocketAddr, raw: &[u8]) -> Vec<u8> {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return Vec::new();
     };
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
     let _ = s.write_all(raw);
     let mut out = Vec::new();
