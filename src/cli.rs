@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::host::RealHost;
 use crate::ids::ServiceId;
 use crate::ops::{self, Command, Ctx, Peer, Purge};
+use crate::out::{out, outln};
 use crate::state::{StateStore, CLI_LOCK_WAIT};
 use crate::store::StoreClient;
 use serde_json::json;
@@ -52,11 +53,11 @@ pub fn run(args: &[String]) -> Result<i32> {
     match words.as_slice() {
         [] => Err(Error::Usage("no command given".into())),
         ["--help"] | ["-h"] | ["help"] => {
-            print!("{USAGE}");
+            out!("{USAGE}");
             Ok(0)
         }
         ["--version"] | ["-V"] => {
-            println!("pic-store {}", env!("CARGO_PKG_VERSION"));
+            outln!("pic-store {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
         }
         [cmd, rest @ ..] => {
@@ -128,14 +129,14 @@ fn dispatch(config: &Config, cmd: &str, rest: &[&str]) -> Result<i32> {
         "config" => {
             Words::parse(cmd, rest, &[])?.exactly(cmd, &[])?;
             for (name, value) in config.describe() {
-                println!("{name}={value}");
+                outln!("{name}={value}");
             }
             Ok(0)
         }
         "token" => {
             Words::parse(cmd, rest, &[])?.exactly(cmd, &[])?;
             let token = crate::token::load_or_create(&config.state_dir)?;
-            println!("{token}");
+            outln!("{token}");
             eprintln!(
                 "admin page login: http://{}/login?token={token}",
                 config.listen
@@ -183,7 +184,7 @@ fn dispatch(config: &Config, cmd: &str, rest: &[&str]) -> Result<i32> {
             // With NAME=VALUE words it is a command (above).
             let state = StateStore::new(&config.state_dir).read()?;
             let mode = state.settings.image_verification_mode;
-            println!("image_verification_mode={}", ops::mode_name(mode));
+            outln!("image_verification_mode={}", ops::mode_name(mode));
             Ok(0)
         }
         "serve" => {
@@ -344,14 +345,14 @@ fn run_command(config: &Config, command: &Command, print: Print) -> Result<i32> 
     with_ctx(config, |ctx| {
         let outcome = command.run(ctx, wait)?;
         if print == Print::Json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string(&outcome.to_json()).unwrap_or_default()
             );
         } else {
             let (out, err) = outcome.text();
             for line in out {
-                println!("{line}");
+                outln!("{line}");
             }
             for line in err {
                 eprintln!("{line}");
@@ -380,15 +381,19 @@ fn connection_list(config: &Config, args: &[&str]) -> Result<i32> {
     w.exactly("connection list", &[])?;
     let state = StateStore::new(&config.state_dir).read()?;
     if w.has("--json") {
-        println!("{}", json!(state.connections));
+        outln!("{}", json!(state.connections));
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<24} {:<20} {:<7} {:<6} {:<6} ADDRESS",
-        "NAME", "SERVICE", "MARK", "TABLE", "PORT"
+        "NAME",
+        "SERVICE",
+        "MARK",
+        "TABLE",
+        "PORT"
     );
     for (id, c) in &state.connections {
-        println!(
+        outln!(
             "{id:<24} {:<20} {:<7} {:<6} {:<6} {}",
             c.service,
             format!("{:#x}", c.fwmark),
@@ -405,12 +410,12 @@ fn peer_list(config: &Config, args: &[&str]) -> Result<i32> {
     w.exactly("peer list", &[])?;
     let state = StateStore::new(&config.state_dir).read()?;
     if w.has("--json") {
-        println!("{}", json!(state.peer_routes));
+        outln!("{}", json!(state.peer_routes));
         return Ok(0);
     }
-    println!("{:<18} CONNECTION", "PEER");
+    outln!("{:<18} CONNECTION", "PEER");
     for (p, c) in &state.peer_routes {
-        println!("{p:<18} {c}");
+        outln!("{p:<18} {c}");
     }
     Ok(0)
 }
@@ -475,7 +480,7 @@ fn logs(config: &Config, rest: &[&str]) -> Result<i32> {
         tail,
         service,
     )?;
-    print!("{text}");
+    out!("{text}");
     Ok(0)
 }
 
@@ -483,18 +488,18 @@ const REAPPLY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(12
 
 fn print_dry_run(d: &ops::DryRun, as_json: bool) {
     if as_json {
-        println!("{}", serde_json::to_string(d).unwrap_or_default());
+        outln!("{}", serde_json::to_string(d).unwrap_or_default());
         return;
     }
-    println!("# iptables-restore input (per table)\n{}", d.ruleset);
-    println!("# ip -batch input\n{}", d.ip_batch);
-    println!("# Caddy routes\n{}", d.caddyfile);
+    outln!("# iptables-restore input (per table)\n{}", d.ruleset);
+    outln!("# ip -batch input\n{}", d.ip_batch);
+    outln!("# Caddy routes\n{}", d.caddyfile);
     if d.drift.is_empty() {
-        println!("in sync: reapply would change nothing");
+        outln!("in sync: reapply would change nothing");
     } else {
-        println!("drift ({}):", d.drift.len());
+        outln!("drift ({}):", d.drift.len());
         for line in &d.drift {
-            println!("  {line}");
+            outln!("  {line}");
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod ids;
 pub mod manifest;
 pub mod net;
 pub mod ops;
+mod out;
 mod report;
 mod runtime;
 pub mod state;

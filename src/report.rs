@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::host::{Cmd, Host, RealHost};
+use crate::out::outln;
 use crate::runtime::{self, RunState, Runtime, Runtimes};
 use crate::state::{InstalledService, State, StateStore};
 use crate::store::{Index, StoreClient};
@@ -110,7 +111,7 @@ pub fn list(config: &Config, as_json: bool) -> Result<i32> {
     let index = store.index();
     let runtimes = runtimes(&RealHost, config, &state);
     if as_json {
-        println!("{}", services_value(&state, index.as_ref(), &runtimes));
+        outln!("{}", services_value(&state, index.as_ref(), &runtimes));
         return Ok(0);
     }
     match &index {
@@ -127,9 +128,12 @@ pub fn list(config: &Config, as_json: bool) -> Result<i32> {
     let rt = |id: &str| runtime_word(runtimes.as_ref().ok().and_then(|r| r.services.get(id)));
     let no_services = Vec::new();
     let available = index.as_ref().map(|i| &i.services).unwrap_or(&no_services);
-    println!(
+    outln!(
         "{:<24} {:<28} {:<12} {:<12} RUNTIME",
-        "ID", "NAME", "VERSION", "INSTALLED"
+        "ID",
+        "NAME",
+        "VERSION",
+        "INSTALLED"
     );
     for e in available {
         let id = e.id.as_str();
@@ -145,7 +149,7 @@ pub fn list(config: &Config, as_json: bool) -> Result<i32> {
         } else {
             "-".into()
         };
-        println!(
+        outln!(
             "{:<24} {:<28} {:<12} {:<12} {runtime}",
             id,
             clip(&e.name, 28),
@@ -160,7 +164,7 @@ pub fn list(config: &Config, as_json: bool) -> Result<i32> {
             } else {
                 ""
             };
-            println!(
+            outln!(
                 "{:<24} {:<28} {:<12} {:<12} {}{note}",
                 id,
                 clip(&s.manifest.name, 28),
@@ -172,7 +176,7 @@ pub fn list(config: &Config, as_json: bool) -> Result<i32> {
     }
     for (id, c) in &state.connections {
         let word = runtime_word(runtimes.as_ref().ok().and_then(|r| r.connections.get(id)));
-        println!("connection {id} ({}): {word}", c.service);
+        outln!("connection {id} ({}): {word}", c.service);
     }
     Ok(0)
 }
@@ -234,10 +238,10 @@ pub fn status(config: &Config, host: &dyn Host, as_json: bool) -> Result<i32> {
     let store = StoreClient::from_config(config);
     let v = status_json(config, host, &state, &store);
     if as_json {
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!("pic-store {}", v["version"].as_str().unwrap_or(""));
-        println!(
+        outln!("pic-store {}", v["version"].as_str().unwrap_or(""));
+        outln!(
             "installed services: {}, connections: {}, peer routes: {}, egress choices: {}",
             state.services.len(),
             state.connections.len(),
@@ -245,17 +249,17 @@ pub fn status(config: &Config, host: &dyn Host, as_json: bool) -> Result<i32> {
             state.egress.len()
         );
         match &state.pending {
-            Some(p) => println!("pending: {} of {} (pid {})", p.op, p.target, p.pid),
-            None => println!("pending: none"),
+            Some(p) => outln!("pending: {} of {} (pid {})", p.op, p.target, p.pid),
+            None => outln!("pending: none"),
         }
         status_services(&v);
         match store.cached_index() {
-            Some(i) => println!(
+            Some(i) => outln!(
                 "store index: {} services, fetched {}",
                 i.services.len(),
                 age(i.fetched_at)
             ),
-            None => println!("store index: not fetched yet"),
+            None => outln!("store index: not fetched yet"),
         }
         if let Some(tools) = v["tools"].as_object() {
             for (name, t) in tools {
@@ -264,7 +268,7 @@ pub fn status(config: &Config, host: &dyn Host, as_json: bool) -> Result<i32> {
                 } else {
                     "MISSING"
                 };
-                println!(
+                outln!(
                     "{name:<17} {mark:<8} {}",
                     t["detail"].as_str().unwrap_or("")
                 );
@@ -281,7 +285,7 @@ pub fn status(config: &Config, host: &dyn Host, as_json: bool) -> Result<i32> {
 fn status_services(v: &Value) {
     let rt = &v["runtime"];
     if let Some(e) = rt["error"].as_str() {
-        println!("runtime: unknown ({e})");
+        outln!("runtime: unknown ({e})");
         return;
     }
     let updates: Vec<&str> = v["updates_available"]
@@ -296,7 +300,7 @@ fn status_services(v: &Value) {
                 } else {
                     ""
                 };
-                println!("{kind} {id}: {}{update}", json_word(r));
+                outln!("{kind} {id}: {}{update}", json_word(r));
             }
         }
     }

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::files;
 use crate::host::RealHost;
 use crate::manifest::{self, Report, Rules, VerificationMode};
+use crate::out::outln;
 use std::path::Path;
 
 /// One finding, attributed to the file it is in.
@@ -36,7 +37,7 @@ pub fn run(config: &Config, paths: &[&str]) -> Result<i32> {
     let mut failed = false;
     for f in &findings {
         let level = if f.error { "error" } else { "warning" };
-        println!("{}: {level}: {}", f.file, one_line(&f.message));
+        outln!("{}: {level}: {}", f.file, one_line(&f.message));
         failed |= f.error;
     }
     if !failed {

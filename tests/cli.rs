@@ -433,3 +433,31 @@ fn validate_reports_manifest_and_template_errors_in_one_run() {
     // against, so the template is not blamed for the manifest's error.
     assert!(!has(&template_file, "key \"image\""), "{stdout}");
 }
+
+/// `pic-store config | head -1`: a reader that goes away before the
+/// output ends stops the program quietly with status 0, not with a panic
+/// about a broken pipe. The pipe's reading end is closed before the
+/// program starts, so every write fails.
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let dir = TempDir::with_prefix("pic-pipe");
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compose_corpus");
+    let corpus = corpus.to_str().unwrap();
+    for args in [
+        &["config"][..],
+        &["--help"],
+        &["--version"],
+        &["validate", corpus],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = pic_command(&dir, &[], args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
