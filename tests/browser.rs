@@ -1,7 +1,8 @@
 //! The admin page in a real browser (issue 6, acceptance 2): `pic-store
 //! serve` on the rig, driven by headless Chromium through
 //! `tests/browser/run.mjs` (playwright-core). The script logs in with the
-//! token URL, installs a service from the store list and follows its job
+//! token URL, installs a service from the store list through its install
+//! page (giving one setting a value) and follows its job
 //! page, sees its runtime, logs view and update badge, changes a setting
 //! through its settings form (the secret shown only as an empty password
 //! field), installs the proxy, creates a connection, routes a peer, takes

@@ -693,6 +693,7 @@ fn head_is_get_without_the_body() {
         ("/", &cookie),
         ("/", ""),
         ("/jobs/nope", &cookie),
+        ("/services/nope/install", ""),
         ("/api/status", &bearer),
         ("/api/status", ""),
         ("/api/services", &bearer),

@@ -291,7 +291,11 @@ fn xss_store(dir: &TempDir) -> Store {
     let mut store = Store::new(dir);
     store.add(
         "xss",
-        json!({"id": "xss", "name": XSS_NAME, "version": "1\"><b>", "description": "<img src=x onerror=alert(2)>"}),
+        json!({
+            "id": "xss", "name": XSS_NAME, "version": "1\"><b>",
+            "description": "<img src=x onerror=alert(2)>",
+            "settings": [{"name": "X", "label": "<script>alert(3)</script>", "type": "string", "default": "\"><i>"}]
+        }),
         "services: {}\n",
     );
     store
@@ -624,6 +628,25 @@ fn admin_page_escapes_store_text_and_refuses_cross_site_posts() {
     assert!(home.body.contains("1&quot;&gt;&lt;b&gt;"));
     assert!(!home.body.contains("<script"), "unescaped markup");
     assert!(!home.body.contains("<img"), "unescaped markup");
+    // The install page shows the store's text, escaped too.
+    let install = s.page("/services/xss/install", &cookie);
+    assert_eq!(install.status, 200, "{}", install.body);
+    for escaped in [
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+        "&lt;img src=x onerror=alert(2)&gt;",
+        "&lt;script&gt;alert(3)&lt;/script&gt;",
+        "1&quot;&gt;&lt;b&gt;",
+        "&quot;&gt;&lt;i&gt;",
+    ] {
+        assert!(
+            install.body.contains(escaped),
+            "{escaped}: {}",
+            install.body
+        );
+    }
+    for markup in ["<script", "<img", "<b>", "<i>"] {
+        assert!(!install.body.contains(markup), "unescaped {markup}");
+    }
     let css = request(s.addr, "GET", "/style.css", &[], b"");
     assert_eq!(css.status, 200);
     assert!(css.header("Content-Type").unwrap().starts_with("text/css"));
@@ -1475,8 +1498,19 @@ fn installs_through_forms_and_the_api_while_reads_stay_fast() {
     // Install from the admin page: 303 to the job page.
     let cookie = s.login();
     let home = s.page("/", &cookie);
-    assert!(home.body.contains(&format!("/ui/services/{web}/install")));
-    let csrf = csrf_of(&home.body);
+    assert!(home
+        .body
+        .contains(&format!(r#"action="/services/{web}/install""#)));
+    // The store's Install button opens the install page, whose form posts.
+    let install = s.page(&format!("/services/{web}/install"), &cookie);
+    assert!(
+        install
+            .body
+            .contains(&format!(r#"action="/ui/services/{web}/install""#)),
+        "{}",
+        install.body
+    );
+    let csrf = csrf_of(&install.body);
     let a = s.post_form(
         &format!("/ui/services/{web}/install"),
         &cookie,

@@ -210,7 +210,7 @@ fn home_page(app: &App, csrf: &str) -> Resp {
         );
     }
     installed(&mut b, &state, csrf, &op);
-    store_list(&mut b, index.as_ref().ok(), &state, csrf);
+    store_list(&mut b, index.as_ref().ok(), &state);
     connections(&mut b, &state, csrf, &op);
     peers(&mut b, &state, csrf);
     settings(&mut b, &state, csrf);
@@ -289,24 +289,56 @@ fn installed(b: &mut String, state: &State, csrf: &str, op: &Operate) {
 /// as a select, required marks; a secret is a password field shown empty
 /// (left empty, it keeps or generates its value).
 fn settings_form(b: &mut String, action: &str, rec: &InstalledService, csrf: &str) {
-    use crate::manifest::SettingType;
     let _ = write!(
         b,
         r#"<form method="post" action="{}" class="settings">{}"#,
         esc(action),
         csrf_field(csrf)
     );
-    for st in &rec.manifest.settings {
+    setting_fields(b, &rec.manifest.settings, &rec.settings, When::Configure);
+    b.push_str(r#"<button class="secondary">Save settings</button></form>"#);
+}
+
+/// Which form the settings' fields are for: a secret left empty is
+/// generated at install and kept at configure.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum When {
+    Install,
+    Configure,
+}
+
+/// One labelled field per setting, holding `current` (else the default).
+fn setting_fields(
+    b: &mut String,
+    settings: &[crate::manifest::Setting],
+    current: &std::collections::BTreeMap<String, String>,
+    when: When,
+) {
+    use crate::manifest::SettingType;
+    for st in settings {
         let name = esc(&st.name);
         let mark = if st.required { " *" } else { "" };
         let _ = write!(b, r#"<label>{}{mark} "#, esc(&st.label));
-        let current = rec.settings.get(&st.name).or(st.default.as_ref());
+        let current = current.get(&st.name).or(st.default.as_ref());
         let value = esc(current.map(String::as_str).unwrap_or(""));
+        // At install, a required field without a value to fall back on
+        // must be filled (at configure, the installed value is kept).
+        let fallback = current.is_some() || st.generate.is_some();
+        let must = if when == When::Install && st.required && !fallback {
+            " required"
+        } else {
+            ""
+        };
         match st.kind {
             SettingType::Secret => {
+                let hint = match (when, st.generate) {
+                    (When::Configure, _) => "unchanged",
+                    (When::Install, Some(_)) => "generated if left empty",
+                    (When::Install, None) => "",
+                };
                 let _ = write!(
                     b,
-                    r#"<input type="password" name="{name}" value="" placeholder="unchanged" autocomplete="new-password">"#
+                    r#"<input type="password" name="{name}" value="" placeholder="{hint}" autocomplete="new-password"{must}>"#
                 );
             }
             SettingType::Choice => {
@@ -332,16 +364,18 @@ fn settings_form(b: &mut String, action: &str, rec: &InstalledService, csrf: &st
             SettingType::Number => {
                 let _ = write!(
                     b,
-                    r#"<input type="number" step="any" name="{name}" value="{value}">"#
+                    r#"<input type="number" step="any" name="{name}" value="{value}"{must}>"#
                 );
             }
             SettingType::String => {
-                let _ = write!(b, r#"<input type="text" name="{name}" value="{value}">"#);
+                let _ = write!(
+                    b,
+                    r#"<input type="text" name="{name}" value="{value}"{must}>"#
+                );
             }
         }
         b.push_str("</label>");
     }
-    b.push_str(r#"<button class="secondary">Save settings</button></form>"#);
 }
 
 /// Start (when its owner stopped it) or stop, and restart (spec §13).
@@ -394,7 +428,7 @@ fn egress_form(b: &mut String, id: &str, current: Option<&String>, conns: &[&Str
     b.push_str("</div>");
 }
 
-fn store_list(b: &mut String, index: Option<&Index>, state: &State, csrf: &str) {
+fn store_list(b: &mut String, index: Option<&Index>, state: &State) {
     b.push_str(r#"<section class="card"><h2>Store</h2>"#);
     let Some(index) = index else {
         b.push_str(r#"<p class="muted">No catalogue available.</p></section>"#);
@@ -428,12 +462,14 @@ fn store_list(b: &mut String, index: Option<&Index>, state: &State, csrf: &str) 
                     esc(&s.manifest.version)
                 );
             }
-            None => b.push_str(&button(
-                &format!("/ui/services/{id}/install"),
-                csrf,
-                "Install",
-                "primary",
-            )),
+            // To the install page, which asks for the settings first.
+            None => {
+                let _ = write!(
+                    b,
+                    r#"<form method="get" action="/services/{}/install" class="inline"><button class="primary">Install</button></form>"#,
+                    esc(id)
+                );
+            }
         }
         b.push_str("</div>");
     }
@@ -717,6 +753,48 @@ fn connection_runtime(id: &str, op: &Operate) -> String {
     )
 }
 
+/// `GET /services/<id>/install`: the store's manifest of `id` — name,
+/// version, description — and a form of its settings (spec §13) that
+/// posts the install. A service already installed goes back to its row.
+pub fn install_page(app: &App, req: &Req, args: &[&str]) -> Resp {
+    let Some((_, csrf)) = session(app, req) else {
+        return Resp::see_other("/login");
+    };
+    let id = match crate::ids::ServiceId::parse(args.first().copied().unwrap_or("")) {
+        Ok(id) => id,
+        Err(e) => return refused(e.http_status(), &e.to_string(), &e.details()),
+    };
+    if read_state(app).is_ok_and(|s| s.services.contains_key(id.as_str())) {
+        return Resp::see_other(&format!("/#svc-{id}"));
+    }
+    let raw = match app.store.manifest(&id) {
+        Ok(raw) => raw,
+        Err(e) => return refused(e.http_status(), &e.to_string(), &e.details()),
+    };
+    let text = |key: &str| raw.get(key).and_then(Value::as_str).unwrap_or("");
+    // Only for the form: the install itself validates the whole manifest
+    // and refuses it, with every reason, if it is wrong.
+    let settings: Vec<crate::manifest::Setting> = raw
+        .get("settings")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let title = format!("Install {}", text("name"));
+    let mut b = format!(
+        r#"<section class="card"><h2>{} <span class="tag">{}</span></h2><p class="small">{}</p><form method="post" action="/ui/services/{}/install" class="settings install">{}"#,
+        esc(&title),
+        esc(text("version")),
+        esc(text("description")),
+        esc(id.as_str()),
+        csrf_field(&csrf)
+    );
+    if settings.is_empty() {
+        b.push_str(r#"<p class="muted">This service has no settings.</p>"#);
+    }
+    setting_fields(&mut b, &settings, &Default::default(), When::Install);
+    b.push_str(r#"<button class="primary">Install</button></form><p><a href="/">Back to the admin page</a></p></section>"#);
+    Resp::html(200, layout(&title, &csrf, &b, false))
+}
+
 /// `GET /services/<id>/logs[?service=NAME&tail=N]`: the logs view.
 pub fn service_logs(app: &App, req: &Req, args: &[&str]) -> Resp {
     logs_page(app, req, args, crate::ops::LogsOf::Service)
@@ -804,6 +882,35 @@ mod tests {
         assert!(b.contains(r#"name="GREETING" value="hi""#), "{b}");
         assert!(b.contains(r#"type="number""#) && b.contains(r#"name="FAST""#));
         assert!(b.contains("Greeting &lt;b&gt;"), "labels are escaped: {b}");
+    }
+
+    #[test]
+    fn install_fields_mark_what_must_be_filled_and_what_is_generated() {
+        let settings: Vec<crate::manifest::Setting> = serde_json::from_value(serde_json::json!([
+            {"name": "ADMIN", "label": "Admin", "type": "string", "required": true},
+            {"name": "TOKEN", "label": "Token", "type": "secret", "required": true, "generate": 24},
+            {"name": "KEY", "label": "Key", "type": "secret", "required": true},
+            {"name": "PORT", "label": "Port", "type": "number", "required": true, "default": "80"},
+        ]))
+        .unwrap();
+        let mut b = String::new();
+        setting_fields(&mut b, &settings, &Default::default(), When::Install);
+        assert!(b.contains(r#"name="ADMIN" value="" required>"#), "{b}");
+        assert!(
+            b.contains(r#"name="TOKEN" value="" placeholder="generated if left empty" autocomplete="new-password">"#),
+            "{b}"
+        );
+        assert!(
+            b.contains(
+                r#"name="KEY" value="" placeholder="" autocomplete="new-password" required>"#
+            ),
+            "{b}"
+        );
+        assert!(b.contains(r#"name="PORT" value="80">"#), "{b}");
+        // At configure nothing is required: the installed values stay.
+        let mut b = String::new();
+        setting_fields(&mut b, &settings, &Default::default(), When::Configure);
+        assert!(!b.contains("required"), "{b}");
     }
 
     #[test]

@@ -60,6 +60,7 @@ static ROUTES: &[Route] = &[
     route("GET", "/login", Page(auth::login_get)),
     route("POST", "/login", Page(auth::login_post)),
     route("POST", "/logout", Page(auth::logout)),
+    route("GET", "/services/*/install", Page(page::install_page)),
     route("POST", "/ui/services/*/install", Form(install)),
     route("POST", "/ui/services/*/update", Form(|a, _| Ok(Command::Update(id(a)?)))),
     route("POST", "/ui/services/*/remove", Form(|a, f| remove(a, forms::flag(f, "purge"), forms::flag(f, "force")))),

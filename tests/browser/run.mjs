@@ -1,6 +1,7 @@
 // The admin page of `pic-store serve` in headless Chromium, used the way
 // an owner would: log in with the token URL, install a web service from
-// the store list and follow its job page to success, install the proxy,
+// the store list (its install page asks for a setting) and follow its job
+// page to success, install the proxy,
 // create a connection and route a peer through the forms, take the
 // screenshots, then remove the web service with its data.
 //
@@ -134,8 +135,18 @@ async function run(page, problems) {
     await expectText(section(page, 'Installed services'), 'Nothing installed yet', 'the empty installed list');
   });
 
-  await step(`install ${WEB} from the store list`, async () => {
+  await step(`install ${WEB} from the store list, with a setting`, async () => {
     await page.locator(`#store-${WEB} button`, { hasText: 'Install' }).click();
+    await expectText(page.locator('main h2'), 'Install Home page', 'the install page');
+    const form = page.locator('form.install');
+    await expectCount(form, 1, 'the install form');
+    const secret = form.locator('input[name="ADMIN_PASSWORD"]');
+    if ((await secret.getAttribute('type')) !== 'password') fail('the secret is not a password field');
+    if ((await secret.getAttribute('placeholder')) !== 'generated if left empty') fail('the generated secret is not said to be generated');
+    const greeting = form.locator('input[name="GREETING"]');
+    if ((await greeting.inputValue()) !== 'hello') fail('the install form does not hold the default');
+    await greeting.fill('hi from the install page');
+    await form.getByRole('button', { name: 'Install' }).click();
     const loads = await followJob(page, `install ${WEB}`);
     console.log(`     (the job page reloaded itself ${loads} times)`);
     await expectText(page.locator('pre.log'), WEB, 'the job log');
@@ -161,6 +172,8 @@ async function run(page, problems) {
     const secret = form.locator('input[name="ADMIN_PASSWORD"]');
     if ((await secret.getAttribute('type')) !== 'password') fail('the secret is not a password field');
     if ((await secret.inputValue()) !== '') fail('the secret is shown in its field');
+    const installed = await form.locator('input[name="GREETING"]').inputValue();
+    if (installed !== 'hi from the install page') fail(`the greeting given at install is ${JSON.stringify(installed)}`);
     await form.locator('input[name="GREETING"]').fill('bonjour');
     await form.getByRole('button', { name: 'Save settings' }).click();
     await followJob(page, `configure ${WEB}`);
@@ -171,6 +184,8 @@ async function run(page, problems) {
 
   await step(`install ${PROXY}`, async () => {
     await page.locator(`#store-${PROXY} button`, { hasText: 'Install' }).click();
+    await expectText(page.locator('form.install'), 'no settings', `the install page of ${PROXY}`);
+    await page.locator('form.install').getByRole('button', { name: 'Install' }).click();
     await followJob(page, `install ${PROXY}`);
     await backHome(page);
     await expectCount(page.locator(`#svc-${PROXY}`), 1, `${PROXY} under Installed`);
