@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
@@ -38,45 +37,7 @@ fn manifest(id: &str, version: &str, digest: &str) -> Value {
     })
 }
 
-struct Cell {
-    dir: TempDir,
-    ns: Netns,
-    store: Store,
-    env: Vec<(String, String)>,
-}
-
 impl Cell {
-    /// A cell with its own state folder, store, namespace and slice of
-    /// the service pool (so tests can run side by side).
-    fn new(pool: &str) -> Cell {
-        let dir = TempDir::with_prefix("pic-life");
-        let store = Store::new(&dir);
-        Cell {
-            ns: Netns::new(),
-            store,
-            env: vec![("PIC_SERVICE_POOL".into(), pool.into())],
-            dir,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        let env: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        pic_in(&self.ns, &self.dir, &env, args)
-    }
-
-    fn state(&self) -> Value {
-        let p = self.dir.state_dir().join("state.json");
-        serde_json::from_slice(&fs::read(&p).unwrap_or_else(|_| b"{}".to_vec())).unwrap()
-    }
-
-    fn state_bytes(&self) -> Option<Vec<u8>> {
-        fs::read(self.dir.state_dir().join("state.json")).ok()
-    }
-
     fn compose_file(&self, id: &str) -> std::path::PathBuf {
         self.dir.state_dir().join(format!("compose/pic-{id}.json"))
     }
@@ -107,7 +68,7 @@ fn install_runs_the_service_on_its_ip_and_remove_frees_it() {
         return;
     }
     let digest = web_digest();
-    let mut cell = Cell::new("172.20.0.20-172.20.0.29");
+    let mut cell = Cell::new("pic-life", "172.20.0.20-172.20.0.29");
     let id = "lc-basic";
     remove_compose_project(&format!("pic-{id}"));
     cell.store
@@ -159,7 +120,7 @@ fn a_failure_at_any_step_leaves_nothing_behind() {
         return;
     }
     let digest = web_digest();
-    let mut cell = Cell::new("172.20.0.30-172.20.0.39");
+    let mut cell = Cell::new("pic-life", "172.20.0.30-172.20.0.39");
     // Something installed first, so there is a state file to compare.
     let base = "lc-fail-base";
     remove_compose_project(&format!("pic-{base}"));
@@ -261,7 +222,7 @@ fn sigkill_during_install_is_rolled_back_by_the_next_reapply() {
         return;
     }
     let digest = web_digest();
-    let mut cell = Cell::new("172.20.0.40-172.20.0.49");
+    let mut cell = Cell::new("pic-life", "172.20.0.40-172.20.0.49");
     let id = "lc-kill";
     let project = format!("pic-{id}");
     remove_compose_project(&project);
@@ -326,7 +287,7 @@ fn requires_and_dependents_are_refused_by_name() {
         return;
     }
     let digest = web_digest();
-    let mut cell = Cell::new("172.20.0.50-172.20.0.59");
+    let mut cell = Cell::new("pic-life", "172.20.0.50-172.20.0.59");
     let (db, app) = ("lc-db", "lc-app");
     for id in [db, app] {
         remove_compose_project(&format!("pic-{id}"));
@@ -368,7 +329,7 @@ fn update_replaces_the_version_and_a_failed_update_keeps_the_old_one() {
     }
     let v1 = web_digest();
     let v2 = image("web", "2", &["httpd", "-f", "-p", "8080"]);
-    let mut cell = Cell::new("172.20.0.60-172.20.0.69");
+    let mut cell = Cell::new("pic-life", "172.20.0.60-172.20.0.69");
     let id = "lc-upd";
     remove_compose_project(&format!("pic-{id}"));
     cell.store.add(id, manifest(id, "1.0", &v1), WEB_TEMPLATE);

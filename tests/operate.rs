@@ -163,36 +163,7 @@ impl Drop for Serve {
 
 // --- the cell ---------------------------------------------------------------------
 
-struct Cell {
-    dir: TempDir,
-    ns: Netns,
-    store: Store,
-    env: Vec<(String, String)>,
-}
-
 impl Cell {
-    fn new(pool: &str) -> Cell {
-        let dir = TempDir::with_prefix("pic-operate");
-        let store = Store::new(&dir);
-        Cell {
-            ns: Netns::new(),
-            store,
-            env: vec![("PIC_SERVICE_POOL".into(), pool.into())],
-            dir,
-        }
-    }
-
-    fn envs(&self) -> Vec<(&str, &str)> {
-        self.env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect()
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        pic_in(&self.ns, &self.dir, &self.envs(), args)
-    }
-
     fn json(&self, args: &[&str]) -> Value {
         let out = ok(&self.run(args));
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
@@ -329,7 +300,7 @@ fn runtime_and_updates_are_shown_in_status_list_api_and_page() {
         return;
     }
     let (web, side) = images();
-    let mut cell = Cell::new("172.20.0.210-172.20.0.219");
+    let mut cell = Cell::new("pic-operate", "172.20.0.210-172.20.0.219");
     let id = "op-rt";
     remove_compose_project(&format!("pic-{id}"));
     cell.store
@@ -484,7 +455,7 @@ fn logs_of_a_service_its_helper_and_a_connection() {
         return;
     }
     let (web, side) = images();
-    let mut cell = Cell::new("172.20.0.220-172.20.0.229");
+    let mut cell = Cell::new("pic-operate", "172.20.0.220-172.20.0.229");
     let (id, proxy, conn) = ("op-lg", "op-lp", "oplc1");
     for p in [format!("pic-{id}"), format!("pic-{proxy}-{conn}")] {
         remove_compose_project(&p);
@@ -651,7 +622,7 @@ fn a_missing_compose_plugin_or_docker_is_named_not_blamed_on_the_template() {
         return;
     }
     let (web, _) = images();
-    let mut cell = Cell::new("172.20.0.240-172.20.0.241");
+    let mut cell = Cell::new("pic-operate", "172.20.0.240-172.20.0.241");
     let id = "op-tools";
     cell.store.add(id, simple_manifest(id, &web), WEB_TEMPLATE);
     // docker without its Compose plugin: every other command works.

@@ -41,42 +41,14 @@ fn manifest(id: &str, version: &str, digest: &str) -> Value {
     })
 }
 
-struct Cell {
-    dir: TempDir,
-    ns: Netns,
-    store: Store,
-    env: Vec<(String, String)>,
-}
-
-impl Cell {
-    fn new(pool: &str) -> Cell {
-        let dir = TempDir::with_prefix("pic-op");
-        let store = Store::new(&dir);
-        Cell {
-            ns: Netns::new(),
-            store,
-            env: vec![
-                ("PIC_SERVICE_POOL".into(), pool.into()),
-                ("PIC_HEALTH_TIMEOUT".into(), "60".into()),
-                ("PIC_MIN_FREE_MB".into(), "1".into()),
-            ],
-            dir,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        let env: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        pic_in(&self.ns, &self.dir, &env, args)
-    }
-
-    fn state(&self) -> Value {
-        let p = self.dir.state_dir().join("state.json");
-        serde_json::from_slice(&fs::read(&p).unwrap_or_else(|_| b"{}".to_vec())).unwrap()
-    }
+/// A cell whose health waits and free-space floor suit the tests.
+fn cell(pool: &str) -> Cell {
+    let mut cell = Cell::new("pic-op", pool);
+    cell.env.extend([
+        ("PIC_HEALTH_TIMEOUT".into(), "60".into()),
+        ("PIC_MIN_FREE_MB".into(), "1".into()),
+    ]);
+    cell
 }
 
 fn web_digest() -> String {
@@ -115,7 +87,7 @@ fn an_install_whose_healthcheck_never_passes_leaves_nothing() {
         return;
     }
     let digest = web_digest();
-    let mut cell = Cell::new("172.20.0.240-172.20.0.243");
+    let mut cell = cell("172.20.0.240-172.20.0.243");
     let id = "op-sick";
     let project = Project::new(id);
     cell.store.add(
@@ -144,7 +116,7 @@ fn install_returns_once_healthy_and_an_unhealthy_update_brings_the_old_one_back(
         return;
     }
     let digest = web_digest();
-    let mut cell = Cell::new("172.20.0.244-172.20.0.247");
+    let mut cell = cell("172.20.0.244-172.20.0.247");
     let id = "op-upd";
     let _project = Project::new(id);
     let container = format!("pt-{id}");
@@ -188,7 +160,7 @@ fn too_little_free_space_refuses_the_install_before_any_pull() {
     if !require_rig() {
         return;
     }
-    let mut cell = Cell::new("172.20.0.248-172.20.0.251");
+    let mut cell = cell("172.20.0.248-172.20.0.251");
     cell.env
         .push(("PIC_MIN_FREE_MB".into(), "999999999".into()));
     let id = "op-full";
@@ -215,7 +187,7 @@ fn a_stopped_service_stays_down_through_reapply_and_start_and_restart_bring_it_b
         return;
     }
     let digest = web_digest();
-    let mut cell = Cell::new("172.20.0.252-172.20.0.254");
+    let mut cell = cell("172.20.0.252-172.20.0.254");
     let id = "op-stop";
     let _project = Project::new(id);
     let container = format!("pt-{id}");
@@ -401,7 +373,7 @@ fn settings_are_required_generated_kept_secret_and_configured_with_rollback() {
         return;
     }
     let digest = web_digest();
-    let mut cell = Cell::new("172.20.0.190-172.20.0.194");
+    let mut cell = cell("172.20.0.190-172.20.0.194");
     let id = "op-set";
     let project = Project::new(id);
     let container = format!("pt-{id}");
@@ -493,7 +465,7 @@ fn a_forced_remove_with_a_failing_compose_down_leaves_no_container() {
         return;
     }
     let digest = web_digest();
-    let mut cell = Cell::new("172.20.0.195-172.20.0.199");
+    let mut cell = cell("172.20.0.195-172.20.0.199");
     let id = "op-force";
     let project = Project::new(id);
     cell.store
@@ -536,7 +508,7 @@ fn update_all_updates_a_bumped_service_and_leaves_the_others() {
         return;
     }
     let digest = web_digest();
-    let mut cell = Cell::new("172.20.0.185-172.20.0.189");
+    let mut cell = cell("172.20.0.185-172.20.0.189");
     let (a, b) = ("op-all-a", "op-all-b");
     let _pa = Project::new(a);
     let _pb = Project::new(b);
@@ -599,7 +571,7 @@ fn an_instanceable_service_update_recreates_its_instances_with_the_new_image() {
     }
     let v1 = web_digest();
     let v2 = image("web", "2", &["httpd", "-f", "-p", "8080"]);
-    let mut cell = Cell::new("172.20.0.180-172.20.0.184");
+    let mut cell = cell("172.20.0.180-172.20.0.184");
     let (id, conn) = ("op-px", "opc1");
     let instance = Project::new(&format!("{id}-{conn}"));
     let _service = Project::new(id);

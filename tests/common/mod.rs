@@ -623,3 +623,47 @@ pub fn connect_from(
     connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(dst))?;
     Ok(std::net::TcpStream::from(fd))
 }
+
+/// A cell on the rig for the lifecycle tests: its own state folder, store
+/// and network namespace, and a slice of the service pool, so tests run
+/// side by side. `env` is what every `run` passes.
+pub struct Cell {
+    pub dir: TempDir,
+    pub ns: Netns,
+    pub store: Store,
+    pub env: Vec<(String, String)>,
+}
+
+impl Cell {
+    pub fn new(prefix: &str, pool: &str) -> Cell {
+        let dir = TempDir::with_prefix(prefix);
+        let store = Store::new(&dir);
+        Cell {
+            ns: Netns::new(),
+            store,
+            env: vec![("PIC_SERVICE_POOL".into(), pool.into())],
+            dir,
+        }
+    }
+
+    pub fn envs(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// The binary inside the cell's namespace, with its environment.
+    pub fn run(&self, args: &[&str]) -> Output {
+        pic_in(&self.ns, &self.dir, &self.envs(), args)
+    }
+
+    /// The state file as JSON (`{}` when there is none).
+    pub fn state(&self) -> Value {
+        serde_json::from_slice(&self.state_bytes().unwrap_or_else(|| b"{}".to_vec())).unwrap()
+    }
+
+    pub fn state_bytes(&self) -> Option<Vec<u8>> {
+        fs::read(self.dir.state_dir().join("state.json")).ok()
+    }
+}
