@@ -81,6 +81,7 @@ fn world() -> World {
         token: TOKEN.into(),
         sessions: auth::Sessions::default(),
         throttle: auth::Throttle::default(),
+        load: Default::default(),
     };
     let session = app.sessions.create().expect("a session");
     World {

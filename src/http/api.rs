@@ -70,25 +70,19 @@ pub fn settings(app: &App, _: &[&str]) -> Result<Resp> {
 /// for reads and `/healthz`, however long a job waits for the lock.
 const MAX_WAITING: usize = super::WORKERS / 2;
 
-/// Counts one worker waiting for a job while it waits.
-struct Waiting;
+/// One worker waiting for a job, counted in [`super::Load`] while it waits.
+struct Waiting<'a>(&'a super::Slots);
 
-static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-impl Waiting {
-    fn take() -> Option<Waiting> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if WAITING.fetch_add(1, SeqCst) >= MAX_WAITING {
-            WAITING.fetch_sub(1, SeqCst);
-            return None;
-        }
-        Some(Waiting)
+impl<'a> Waiting<'a> {
+    fn take(app: &'a App) -> Option<Waiting<'a>> {
+        let slots = &app.load.waiting;
+        slots.take(MAX_WAITING).then_some(Waiting(slots))
     }
 }
 
-impl Drop for Waiting {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        WAITING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.give_back();
     }
 }
 
@@ -100,7 +94,7 @@ pub fn run_and_wait(app: &App, m: Command) -> Resp {
         Ok(j) => j,
         Err(e) => return Resp::from_error(&e),
     };
-    let Some(_waiting) = Waiting::take() else {
+    let Some(_waiting) = Waiting::take(app) else {
         let url = format!("/api/jobs/{}", job.id);
         let mut body = job.to_json();
         body["job"] = json!(job.id);
@@ -148,7 +142,7 @@ fn ok_json(v: Value) -> Resp {
 /// identity, the index's fetch (or why there is none) and the containers'
 /// inventory (taken at most once per 2 s).
 #[derive(Clone, PartialEq, Eq)]
-struct ServicesKey {
+pub struct ServicesKey {
     state: Option<(u64, i64, i64, u64)>,
     fetched_at: u64,
     stale: bool,
@@ -157,11 +151,10 @@ struct ServicesKey {
     inventory: u64,
 }
 
-/// The last answer of `GET /api/services`: the page every client polls is
-/// served from memory until the state file, the index or the inventory
-/// changes.
-static SERVICES: std::sync::Mutex<Option<(ServicesKey, std::sync::Arc<Vec<u8>>)>> =
-    std::sync::Mutex::new(None);
+/// The last answer of `GET /api/services` (in [`super::Load`]): the page
+/// every client polls is served from memory until the state file, the
+/// index or the inventory changes.
+pub type ServicesCache = std::sync::Mutex<Option<(ServicesKey, std::sync::Arc<Vec<u8>>)>>;
 
 /// `GET /api/services`: 200 also when the store cannot be read (spec §13:
 /// what is installed is always shown, `error` says why `available` is
@@ -181,7 +174,9 @@ pub fn services(app: &App, _: &[&str]) -> Result<Resp> {
         index_error: index.as_ref().err().map(|e| e.to_string()),
         inventory,
     };
-    let mut cache = SERVICES
+    let mut cache = app
+        .load
+        .services
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some((k, body)) = cache.as_ref() {

@@ -58,6 +58,40 @@ pub struct App {
     pub sessions: auth::Sessions,
     pub throttle: auth::Throttle,
     pub jobs: Arc<jobs::Jobs>,
+    pub load: Load,
+}
+
+/// What the server keeps between requests besides its configuration: the
+/// bounded counts of threads that wait (for a job's outcome, a body still
+/// arriving, a refused body's drain) and the last `GET /api/services`
+/// answer. It belongs to one server, not to the process.
+#[derive(Default)]
+pub struct Load {
+    /// Workers waiting for a job's outcome (`api::run_and_wait`).
+    pub(crate) waiting: Slots,
+    body_readers: Slots,
+    drainers: Slots,
+    pub(crate) services: api::ServicesCache,
+}
+
+/// A count of threads doing one kind of waiting, bounded by its taker.
+#[derive(Default)]
+pub struct Slots(AtomicUsize);
+
+impl Slots {
+    /// Takes one of `max` slots; `false` (and nothing taken) when all are.
+    pub(crate) fn take(&self, max: usize) -> bool {
+        if self.0.fetch_add(1, Ordering::SeqCst) >= max {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back a slot [`Slots::take`] took.
+    pub(crate) fn give_back(&self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Runs the server until it cannot accept connections any more.
@@ -80,6 +114,7 @@ pub fn serve(config: &Config) -> Result<i32> {
         sessions: auth::Sessions::default(),
         throttle: auth::Throttle::default(),
         jobs,
+        load: Load::default(),
     });
     let front = Arc::new(front::Front::new(listener, socket, app.clone()));
     log::info!("pic-store serve: listening on http://{}", config.listen);
@@ -188,7 +223,7 @@ fn body_plan(rq: &tiny_http::Request) -> BodyPlan {
 
 fn serve_one(app: &Arc<App>, mut rq: tiny_http::Request) {
     match body_plan(&rq) {
-        BodyPlan::TooLarge(n) => refuse_large(rq, n),
+        BodyPlan::TooLarge(n) => refuse_large(app, rq, n),
         BodyPlan::Ready => match read_body(&mut rq) {
             Ok(body) => answer(app, rq, body),
             Err(r) => respond(rq, r),
@@ -230,32 +265,29 @@ fn read_body(rq: &mut tiny_http::Request) -> std::result::Result<Vec<u8>, Resp> 
     }
 }
 
-static BODY_READERS: AtomicUsize = AtomicUsize::new(0);
-
 /// A body still on the socket is read, and its request answered, on a
 /// thread of its own: a client that sends slowly (or never) costs that
 /// thread, never a worker. Past [`MAX_BODY_READERS`] of them: 503.
 fn read_body_elsewhere(app: &Arc<App>, mut rq: tiny_http::Request) {
-    if BODY_READERS.fetch_add(1, Ordering::SeqCst) >= MAX_BODY_READERS {
-        BODY_READERS.fetch_sub(1, Ordering::SeqCst);
+    if !app.load.body_readers.take(MAX_BODY_READERS) {
         log::warn!("too many request bodies being read; answered 503");
         return respond(
             rq,
             Resp::error(503, "too many uploads at once; retry", vec![]).with("Retry-After", "5"),
         );
     }
-    let app = app.clone();
+    let own = app.clone();
     let spawned = std::thread::Builder::new()
         .name("http-body".into())
         .spawn(move || {
             match read_body(&mut rq) {
-                Ok(body) => answer(&app, rq, body),
+                Ok(body) => answer(&own, rq, body),
                 Err(r) => respond(rq, r),
             }
-            BODY_READERS.fetch_sub(1, Ordering::SeqCst);
+            own.load.body_readers.give_back();
         });
     if let Err(e) = spawned {
-        BODY_READERS.fetch_sub(1, Ordering::SeqCst);
+        app.load.body_readers.give_back();
         log::error!("cannot start a thread to read a request body: {e}");
     }
 }
@@ -268,30 +300,26 @@ fn too_large() -> Resp {
     )
 }
 
-static DRAINERS: AtomicUsize = AtomicUsize::new(0);
-
 /// Answers 413 without reading the announced body. tiny_http drains the
 /// rest of a body when a request is dropped, so the answer is sent from
 /// a helper thread and a worker never waits on the client. (The relay
 /// refuses these before tiny_http sees them; this is the second line.)
-fn refuse_large(rq: tiny_http::Request, announced: usize) {
+fn refuse_large(app: &Arc<App>, rq: tiny_http::Request, announced: usize) {
     log::warn!("refused a {announced}-byte request body");
-    if announced > MAX_DRAIN || DRAINERS.fetch_add(1, Ordering::SeqCst) >= MAX_DRAINERS {
-        if announced <= MAX_DRAIN {
-            DRAINERS.fetch_sub(1, Ordering::SeqCst);
-        }
+    if announced > MAX_DRAIN || !app.load.drainers.take(MAX_DRAINERS) {
         // Dropping it would make tiny_http allocate the announced size.
         std::mem::forget(rq);
         return;
     }
+    let own = app.clone();
     let spawned = std::thread::Builder::new()
         .name("http-drain".into())
         .spawn(move || {
             respond(rq, too_large());
-            DRAINERS.fetch_sub(1, Ordering::SeqCst);
+            own.load.drainers.give_back();
         });
     if spawned.is_err() {
-        DRAINERS.fetch_sub(1, Ordering::SeqCst);
+        app.load.drainers.give_back();
     }
 }
 
@@ -341,5 +369,21 @@ fn respond(rq: tiny_http::Request, resp: Resp) {
     }
     if let Err(e) = rq.respond(out) {
         log::debug!("could not send an answer: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slots;
+
+    #[test]
+    fn slots_are_bounded_and_given_back() {
+        let slots = Slots::default();
+        assert!(slots.take(2) && slots.take(2));
+        assert!(!slots.take(2), "a third of two");
+        slots.give_back();
+        assert!(slots.take(2), "a slot given back is free again");
+        // Two servers count apart: another `Slots` is empty.
+        assert!(Slots::default().take(1));
     }
 }
