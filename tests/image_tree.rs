@@ -46,9 +46,10 @@ const VARIABLES: &[&str] = &[
     "PIC_MIN_FREE_MB",
 ];
 
-/// Variables the image sets (uncommented in `/etc/default/pic-store`): none,
-/// the defaults are the image's values.
-const SET_BY_IMAGE: &[&str] = &[];
+/// Variables the image sets (uncommented in `/etc/default/pic-store`):
+/// only the cell's WireGuard subnet (spec §2); for the rest the binary's
+/// defaults are the image's values.
+const SET_BY_IMAGE: &[&str] = &["PIC_DIRECT_SUBNETS"];
 
 const UNITS: &[&str] = &["pic-store.service", "pic-store-reapply.service"];
 
@@ -476,6 +477,21 @@ fn environment_file_shows_the_defaults_the_binary_uses() {
         .collect();
     for (name, (value, set)) in environment_file() {
         if set {
+            // What the image sets is a value the binary takes.
+            let out = Command::new(common::bin())
+                .arg("config")
+                .env_clear()
+                .env("PATH", dir.path())
+                .env(&name, &value)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run pic-store config");
+            assert!(out.status.success(), "{name}={value}: {}", show(&out));
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains(&format!("{name}={value}\n")),
+                "{name}={value}: {}",
+                show(&out)
+            );
             continue;
         }
         assert_eq!(
