@@ -84,6 +84,21 @@ fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)])
     }
 }
 
+/// `GET /healthz` answered 200, without panicking on the way.
+fn healthz_ok(addr: SocketAddr) -> bool {
+    let Ok(mut c) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let raw = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if c.write_all(raw.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/1.1 200 ")
+}
+
 struct Serve {
     child: Child,
     addr: SocketAddr,
@@ -114,15 +129,21 @@ impl Serve {
             token: String::new(),
             log,
         };
+        // Until `/healthz` answers 200 (as in `http_api.rs`): a connection
+        // that is refused or reset while serve starts is tried again; a
+        // serve that exits or never answers fails with its log.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
+        while !healthz_ok(addr) {
             if let Ok(Some(st)) = s.child.try_wait() {
                 panic!("serve exited ({st}):\n{}", s.log_text());
             }
-            assert!(Instant::now() < deadline, "serve did not listen");
+            assert!(
+                Instant::now() < deadline,
+                "serve did not answer:\n{}",
+                s.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(request(addr, "GET", "/healthz", &[]).status, 200);
         let token = std::fs::read_to_string(dir.state_dir().join("api-token")).expect("token file");
         s.token = token.trim().to_string();
         s
