@@ -76,7 +76,9 @@ struct Waiting<'a>(&'a super::Slots);
 impl<'a> Waiting<'a> {
     fn take(app: &'a App) -> Option<Waiting<'a>> {
         let slots = &app.load.waiting;
-        slots.take(MAX_WAITING).then_some(Waiting(slots))
+        // Lazily: a `Waiting` made and dropped when no slot was taken
+        // would give back a slot it never had.
+        slots.take(MAX_WAITING).then(|| Waiting(slots))
     }
 }
 
