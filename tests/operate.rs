@@ -10,79 +10,16 @@
 
 mod common;
 
+use common::http::{request, Answer};
 use common::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-// --- a small HTTP client and server (as in `http_api.rs`) ------------------------
-
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
-    }
-}
-
-fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
-    for (k, v) in headers {
-        raw.push_str(&format!("{k}: {v}\r\n"));
-    }
-    raw.push_str("Content-Length: 0\r\nConnection: close\r\n\r\n");
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-    s.write_all(raw.as_bytes()).expect("write request");
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).expect("read status line");
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).expect("read header");
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0u8; if method == "HEAD" { 0 } else { len }];
-    r.read_exact(&mut body).expect("read body");
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
+// --- the server under test (the client is `common::http`) ------------------------
 
 /// `GET /healthz` answered 200, without panicking on the way.
 fn healthz_ok(addr: SocketAddr) -> bool {
@@ -155,7 +92,7 @@ impl Serve {
 
     fn api(&self, method: &str, path: &str) -> Answer {
         let auth = format!("Bearer {}", self.token);
-        request(self.addr, method, path, &[("Authorization", &auth)])
+        request(self.addr, method, path, &[("Authorization", &auth)], b"")
     }
 
     fn login(&self) -> String {
@@ -164,6 +101,7 @@ impl Serve {
             "GET",
             &format!("/login?token={}", self.token),
             &[],
+            b"",
         );
         assert_eq!(a.status, 303, "{a:?}");
         let cookie = a.header("Set-Cookie").expect("a session cookie");
@@ -171,7 +109,7 @@ impl Serve {
     }
 
     fn page(&self, path: &str, cookie: &str) -> Answer {
-        request(self.addr, "GET", path, &[("Cookie", cookie)])
+        request(self.addr, "GET", path, &[("Cookie", cookie)], b"")
     }
 }
 
@@ -599,7 +537,7 @@ fn logs_of_a_service_its_helper_and_a_connection() {
         s.api("GET", &format!("/api/connections/{id}/logs")).status,
         404
     );
-    let no_token = request(s.addr, "GET", &format!("/api/services/{id}/logs"), &[]);
+    let no_token = request(s.addr, "GET", &format!("/api/services/{id}/logs"), &[], b"");
     assert_eq!(no_token.status, 401, "{no_token:?}");
 
     // The page's logs view escapes what the container printed.
@@ -618,7 +556,7 @@ fn logs_of_a_service_its_helper_and_a_connection() {
     let p = s.page(&format!("/connections/{conn}/logs"), &cookie);
     assert_eq!(p.status, 200);
     assert!(p.body.contains("proxy-said-hello"));
-    let anon = request(s.addr, "GET", &format!("/services/{id}/logs"), &[]);
+    let anon = request(s.addr, "GET", &format!("/services/{id}/logs"), &[], b"");
     assert_eq!(anon.status, 303, "the logs view needs a session");
     let home = s.page("/", &cookie).body;
     assert!(home.contains(&format!(r#"href="/connections/{conn}/logs""#)));

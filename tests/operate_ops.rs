@@ -64,6 +64,19 @@ fn health(container: &str) -> String {
     inspect(container, "{{.State.Health.Status}}")
 }
 
+/// Waits up to 30 s for `container` (`what`, in the message) to be healthy.
+fn become_healthy(container: &str, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while health(container) != "healthy" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} is not healthy: {}",
+            health(container)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 /// Removes the project's containers when the test ends, passed or not.
 struct Project(String);
 
@@ -143,15 +156,7 @@ fn install_returns_once_healthy_and_an_unhealthy_update_brings_the_old_one_back(
     // Version 1 is back and comes up healthy.
     let cmd = inspect(&container, "{{json .Config.Cmd}}");
     assert!(cmd.contains("touch /ok"), "{cmd}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while health(&container) != "healthy" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "old version not healthy: {}",
-            health(&container)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    become_healthy(&container, "the old version");
     ok(&cell.run(&["remove", id]));
 }
 
@@ -447,15 +452,7 @@ fn settings_are_required_generated_kept_secret_and_configured_with_rollback() {
         cell.state()["services"][id]["settings"]["GREETING"],
         json!("fine")
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while health(&container) != "healthy" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            health(&container)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    become_healthy(&container, "the old value");
     ok(&cell.run(&["remove", id]));
 }
 

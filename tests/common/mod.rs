@@ -9,6 +9,8 @@
 //! Not every test file uses every helper.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
