@@ -77,6 +77,17 @@ fn become_healthy(container: &str, what: &str) {
     }
 }
 
+/// A cell with `id` installed at version 1.0 (healthy once `/ok` exists),
+/// and the guard that removes its project when the test ends.
+fn installed(pool: &str, id: &str, digest: &str) -> (Cell, Project) {
+    let mut cell = cell(pool);
+    let project = Project::new(id);
+    cell.store
+        .add(id, manifest(id, "1.0", digest), &template("touch /ok"));
+    ok(&cell.run(&["install", id]));
+    (cell, project)
+}
+
 /// Removes the project's containers when the test ends, passed or not.
 struct Project(String);
 
@@ -129,13 +140,9 @@ fn install_returns_once_healthy_and_an_unhealthy_update_brings_the_old_one_back(
         return;
     }
     let digest = web_digest();
-    let mut cell = cell("172.20.0.244-172.20.0.247");
     let id = "op-upd";
-    let _project = Project::new(id);
+    let (mut cell, _project) = installed("172.20.0.244-172.20.0.247", id, &digest);
     let container = format!("pt-{id}");
-    cell.store
-        .add(id, manifest(id, "1.0", &digest), &template("touch /ok"));
-    ok(&cell.run(&["install", id]));
     // The install waited for the healthcheck, not only for `up -d`.
     assert_eq!(health(&container), "healthy");
 
@@ -192,13 +199,9 @@ fn a_stopped_service_stays_down_through_reapply_and_start_and_restart_bring_it_b
         return;
     }
     let digest = web_digest();
-    let mut cell = cell("172.20.0.252-172.20.0.254");
     let id = "op-stop";
-    let _project = Project::new(id);
+    let (cell, _project) = installed("172.20.0.252-172.20.0.254", id, &digest);
     let container = format!("pt-{id}");
-    cell.store
-        .add(id, manifest(id, "1.0", &digest), &template("touch /ok"));
-    ok(&cell.run(&["install", id]));
 
     let out = ok(&cell.run(&["stop", id]));
     assert!(out.contains("stopped"), "{out}");
@@ -462,12 +465,8 @@ fn a_forced_remove_with_a_failing_compose_down_leaves_no_container() {
         return;
     }
     let digest = web_digest();
-    let mut cell = cell("172.20.0.195-172.20.0.199");
     let id = "op-force";
-    let project = Project::new(id);
-    cell.store
-        .add(id, manifest(id, "1.0", &digest), &template("touch /ok"));
-    ok(&cell.run(&["install", id]));
+    let (mut cell, project) = installed("172.20.0.195-172.20.0.199", id, &digest);
     assert!(!compose_project_containers(&project.0).is_empty());
 
     // docker as usual, except that every `compose ... down` fails.
