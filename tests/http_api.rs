@@ -7,79 +7,16 @@
 
 mod common;
 
-use common::http::{build, read_answer, request, send_raw, Answer};
+use common::http::{build, read_answer, request, send_raw, Answer, Serve};
 use common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
-
-// --- a small HTTP client ---------------------------------------------------------
 
 // --- the server under test -------------------------------------------------------
 
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-    token: String,
-    log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 impl Serve {
-    fn start(dir: &TempDir, envs: &[(&str, &str)]) -> Serve {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let listen = addr.to_string();
-        let mut all: Vec<(&str, &str)> = vec![("PIC_LISTEN", &listen)];
-        all.extend_from_slice(envs);
-        let log = dir.join(format!("serve-{}.log", addr.port()));
-        let file = std::fs::File::create(&log).expect("create log");
-        let child = pic_command(dir, &all, &["serve"])
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start pic-store serve");
-        let mut s = Serve {
-            child,
-            addr,
-            token: String::new(),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(mut c) = TcpStream::connect(addr) {
-                let _ = c.write_all(&build(addr, "GET", "/healthz", &[], b""));
-                if read_answer_opt(&mut c).is_some_and(|a| a.status == 200) {
-                    break;
-                }
-            }
-            if let Ok(Some(st)) = s.child.try_wait() {
-                panic!("serve exited ({st}):\n{}", s.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve did not answer:\n{}",
-                s.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let token = std::fs::read_to_string(dir.state_dir().join("api-token")).expect("token file");
-        s.token = token.trim().to_string();
-        s
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     fn bearer(&self) -> String {
         format!("Bearer {}", self.token)
     }
@@ -158,20 +95,6 @@ impl Serve {
             assert!(Instant::now() < deadline, "job {id} did not end: {j}");
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-fn read_answer_opt(s: &mut TcpStream) -> Option<Answer> {
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut peek = [0u8; 1];
-    s.peek(&mut peek).ok()?;
-    Some(read_answer(s))
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

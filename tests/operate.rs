@@ -10,86 +10,14 @@
 
 mod common;
 
-use common::http::{request, Answer};
+use common::http::{request, Answer, Serve};
 use common::*;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 // --- the server under test (the client is `common::http`) ------------------------
 
-/// `GET /healthz` answered 200, without panicking on the way.
-fn healthz_ok(addr: SocketAddr) -> bool {
-    let Ok(mut c) = TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-    let raw = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if c.write_all(raw.as_bytes()).is_err() {
-        return false;
-    }
-    let mut answer = Vec::new();
-    let _ = c.read_to_end(&mut answer);
-    answer.starts_with(b"HTTP/1.1 200 ")
-}
-
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-    token: String,
-    log: PathBuf,
-}
-
 impl Serve {
-    fn start(dir: &TempDir, envs: &[(&str, &str)]) -> Serve {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let listen = addr.to_string();
-        let mut all: Vec<(&str, &str)> = vec![("PIC_LISTEN", &listen)];
-        all.extend_from_slice(envs);
-        let log = dir.join(format!("serve-{port}.log"));
-        let file = std::fs::File::create(&log).expect("create log");
-        let child = pic_command(dir, &all, &["serve"])
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start pic-store serve");
-        let mut s = Serve {
-            child,
-            addr,
-            token: String::new(),
-            log,
-        };
-        // Until `/healthz` answers 200 (as in `http_api.rs`): a connection
-        // that is refused or reset while serve starts is tried again; a
-        // serve that exits or never answers fails with its log.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !healthz_ok(addr) {
-            if let Ok(Some(st)) = s.child.try_wait() {
-                panic!("serve exited ({st}):\n{}", s.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve did not answer:\n{}",
-                s.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let token = std::fs::read_to_string(dir.state_dir().join("api-token")).expect("token file");
-        s.token = token.trim().to_string();
-        s
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     fn api(&self, method: &str, path: &str) -> Answer {
         let auth = format!("Bearer {}", self.token);
         request(self.addr, method, path, &[("Authorization", &auth)], b"")
@@ -110,13 +38,6 @@ impl Serve {
 
     fn page(&self, path: &str, cookie: &str) -> Answer {
         request(self.addr, "GET", path, &[("Cookie", cookie)], b"")
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -1,11 +1,16 @@
 //! A small HTTP/1.1 client for the tests of `pic-store serve`: one
 //! request per connection (`Connection: close`), the answer read by its
-//! `Content-Length` (none for `HEAD`).
+//! `Content-Length` (none for `HEAD`); and the server under test,
+//! `pic-store serve` on a free loopback port. Each test file adds the
+//! calls it makes (`impl Serve` there).
 
+use super::{pic_command, TempDir};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub struct Answer {
@@ -113,4 +118,87 @@ pub fn request(
     body: &[u8],
 ) -> Answer {
     send_raw(addr, &build(addr, method, path, headers, body))
+}
+
+/// `GET /healthz` answered 200, without panicking on the way.
+pub fn healthz_ok(addr: SocketAddr) -> bool {
+    let Ok(mut c) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let raw = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if c.write_all(raw.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/1.1 200 ")
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `pic-store serve` with its state in `dir`, killed when dropped.
+pub struct Serve {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub token: String,
+    pub log: PathBuf,
+}
+
+impl Serve {
+    /// Starts serve with `envs` and waits until `/healthz` answers 200: a
+    /// connection refused or reset while serve starts is tried again; a
+    /// serve that exits or never answers fails the test with its log.
+    pub fn start(dir: &TempDir, envs: &[(&str, &str)]) -> Serve {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let listen = addr.to_string();
+        let mut all: Vec<(&str, &str)> = vec![("PIC_LISTEN", &listen)];
+        all.extend_from_slice(envs);
+        let log = dir.join(format!("serve-{}.log", addr.port()));
+        let file = std::fs::File::create(&log).expect("create log");
+        let child = pic_command(dir, &all, &["serve"])
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start pic-store serve");
+        let mut s = Serve {
+            child,
+            addr,
+            token: String::new(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !healthz_ok(addr) {
+            if let Ok(Some(st)) = s.child.try_wait() {
+                panic!("serve exited ({st}):\n{}", s.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not answer:\n{}",
+                s.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let token = std::fs::read_to_string(dir.state_dir().join("api-token")).expect("token file");
+        s.token = token.trim().to_string();
+        s
+    }
+
+    /// What serve logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
